@@ -1,0 +1,412 @@
+"""SimCLR view augmentations as batched tensor ops, with an independent random draw for every image.
+
+``torchvision.transforms.v2`` on a batch draws one set of parameters for the whole batch, so two views
+of a batch would share one crop and one jitter; here every parameter is a length-N tensor drawn from the
+caller's ``torch.Generator`` on the images' own device, and every op is a masked, batched tensor op: no
+Python loop over images, no ``.item()``, no shape-changing boolean indexing, hence no host-device sync.
+
+Order (SimCLR, Chen et al. 2020, appendix A): random resized crop + horizontal flip (one affine
+``grid_sample``), colour jitter with probability ``jitter_prob`` (brightness, contrast, saturation and
+hue in a random order per image, as ``torchvision.transforms.ColorJitter`` does per call), random
+grayscale, Gaussian blur. The colour ops follow ``torchvision.transforms.functional.adjust_*`` and clamp
+to [0, 1] after each op; grey levels use the ITU-R 601 luma (0.299, 0.587, 0.114), the weights the data
+pre-processing uses (torchvision's 0.2989 differs by 1e-4 of the red channel).
+
+Each op has a ``sample_*`` function (draws the per-image parameters) and a deterministic function that
+applies given parameters, so tests can feed the same parameters to a reference.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from pipeline.config import AugmentConfig
+
+LUMA = (0.299, 0.587, 0.114)
+
+# Colour-op ids used in JitterParams.order.
+BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
+
+
+def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A seeded generator on ``device``: the one source of randomness for :class:`SimCLRAugment`."""
+    return torch.Generator(device=torch.device(device)).manual_seed(int(seed))
+
+
+def _check_images(x: Tensor, name: str = "x") -> None:
+    if not isinstance(x, Tensor) or x.ndim != 4:
+        raise ValueError(f"{name}: expected a (N, C, H, W) tensor, got {getattr(x, 'shape', type(x))}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name}: expected a floating-point tensor in [0, 1], got {x.dtype}")
+    if x.shape[1] not in (1, 3):
+        raise ValueError(f"{name}: expected 1 or 3 channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+
+
+def _check_generator(generator: torch.Generator, device: torch.device) -> None:
+    if generator.device.type != device.type:
+        raise ValueError(f"generator lives on {generator.device} but the images on {device}; "
+                         f"make it with make_generator(seed, {str(device)!r})")
+
+
+def _rand(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> Tensor:
+    return torch.rand(shape, generator=generator, device=device, dtype=torch.float32)
+
+
+def _uniform(shape: tuple[int, ...], lo: float, hi: float, generator: torch.Generator,
+             device: torch.device) -> Tensor:
+    return lo + (hi - lo) * _rand(shape, generator, device)
+
+
+def _bernoulli(n: int, p: float, generator: torch.Generator, device: torch.device) -> Tensor:
+    return _rand((n,), generator, device) < p
+
+
+def _per_image(v: Tensor, x: Tensor) -> Tensor:
+    """(N,) parameter -> (N, 1, 1, 1) in x's dtype, to broadcast over an image batch."""
+    return v.to(x.dtype).view(-1, 1, 1, 1)
+
+
+def _mask(m: Tensor) -> Tensor:
+    """(N,) bool -> (N, 1, 1, 1) for torch.where over an image batch."""
+    return m.view(-1, 1, 1, 1)
+
+
+# --------------------------------------------------------------------------- random resized crop + flip
+
+
+@dataclass(frozen=True)
+class CropParams:
+    """Per-image crop boxes in input pixels (x0, y0, w, h; continuous) and horizontal flips."""
+
+    boxes: Tensor  # (N, 4) float32
+    flip: Tensor  # (N,) bool
+
+
+def sample_crop_params(n: int, height: int, width: int, scale: tuple[float, float],
+                       ratio: tuple[float, float], hflip_prob: float, generator: torch.Generator,
+                       device: torch.device | str = "cpu", attempts: int = 10) -> CropParams:
+    """torchvision's RandomResizedCrop.get_params for N images at once.
+
+    Like torchvision, up to ``attempts`` (area, log-ratio) pairs are tried per image and the first that
+    fits is kept, else a centre crop of the whole image with the ratio clamped to ``ratio``; unlike
+    torchvision, sizes and positions are continuous (grid_sample needs no integer box).
+    """
+    device = torch.device(device)
+    area = float(height * width)
+    s = _uniform((n, attempts), scale[0], scale[1], generator, device)
+    log_r = _uniform((n, attempts), math.log(ratio[0]), math.log(ratio[1]), generator, device)
+    r = torch.exp(log_r)
+    w = torch.sqrt(area * s * r)
+    h = torch.sqrt(area * s / r)
+    fits = (w <= width) & (h <= height)
+    first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)  # index of the first fit (0 when none)
+    any_fit = fits.any(dim=1)
+    w = w.gather(1, first).squeeze(1)
+    h = h.gather(1, first).squeeze(1)
+
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        fw, fh = float(width), width / min(ratio)
+    elif in_ratio > max(ratio):
+        fw, fh = height * max(ratio), float(height)
+    else:
+        fw, fh = float(width), float(height)
+    w = torch.where(any_fit, w, fw)
+    h = torch.where(any_fit, h, fh)
+    ux, uy = _rand((2, n), generator, device)
+    x0 = torch.where(any_fit, ux * (width - w), (width - w) / 2)
+    y0 = torch.where(any_fit, uy * (height - h), (height - h) / 2)
+    flip = _bernoulli(n, hflip_prob, generator, device)
+    return CropParams(torch.stack([x0, y0, w, h], dim=1), flip)
+
+
+def crop_theta(params: CropParams, height: int, width: int) -> Tensor:
+    """(N, 2, 3) affine matrices mapping output to input normalised coordinates (align_corners=False)."""
+    x0, y0, w, h = params.boxes.unbind(1)
+    sx = w / width
+    sy = h / height
+    cx = (2 * x0 + w) / width - 1
+    cy = (2 * y0 + h) / height - 1
+    sx = torch.where(params.flip, -sx, sx)  # mirroring the sampling grid flips the output
+    zero = torch.zeros_like(sx)
+    return torch.stack([torch.stack([sx, zero, cx], 1), torch.stack([zero, sy, cy], 1)], 1)
+
+
+def apply_crop(x: Tensor, params: CropParams, out_size: int) -> Tensor:
+    """Crop every image to its box, flip it if asked, and resize it to out_size (bilinear)."""
+    _check_images(x)
+    n, c, height, width = x.shape
+    theta = crop_theta(params, height, width).to(x.dtype)
+    grid = F.affine_grid(theta, [n, c, out_size, out_size], align_corners=False)
+    # Border padding: a sample within half a pixel of the image edge must repeat the edge pixel, as a
+    # resize does, rather than fade towards zero. No antialiasing: crops are rarely much larger than
+    # the output in this pipeline.
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def random_resized_crop(x: Tensor, out_size: int, scale: tuple[float, float], ratio: tuple[float, float],
+                        hflip_prob: float, generator: torch.Generator) -> Tensor:
+    _check_images(x)
+    params = sample_crop_params(x.shape[0], x.shape[2], x.shape[3], scale, ratio, hflip_prob,
+                                generator, x.device)
+    return apply_crop(x, params, out_size)
+
+
+# --------------------------------------------------------------------------- colour
+
+
+def rgb_to_grayscale(x: Tensor) -> Tensor:
+    """(N, 3, H, W) -> (N, 1, H, W) luma; a 1-channel batch is returned as is."""
+    if x.shape[-3] == 1:
+        return x
+    return LUMA[0] * x[:, 0:1] + LUMA[1] * x[:, 1:2] + LUMA[2] * x[:, 2:3]
+
+
+def _blend(x: Tensor, ref: Tensor, factor: Tensor) -> Tensor:
+    f = _per_image(factor, x)
+    return (f * x + (1 - f) * ref).clamp_(0, 1)
+
+
+def adjust_brightness(x: Tensor, factor: Tensor) -> Tensor:
+    """Per-image ``torchvision.transforms.functional.adjust_brightness``; factor (N,)."""
+    return (x * _per_image(factor, x)).clamp_(0, 1)
+
+
+def adjust_contrast(x: Tensor, factor: Tensor) -> Tensor:
+    """Per-image adjust_contrast: blend with the mean grey level of each image."""
+    mean = rgb_to_grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
+    return _blend(x, mean, factor)
+
+
+def adjust_saturation(x: Tensor, factor: Tensor) -> Tensor:
+    """Per-image adjust_saturation: blend with each image's grey version; no-op for 1 channel."""
+    if x.shape[1] == 1:
+        return x
+    return _blend(x, rgb_to_grayscale(x), factor)
+
+
+def _hue_max_delta(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Hue in [0, 1), max and (max - min) of (N, 3, H, W) RGB, each (N, H, W)."""
+    r, g, b = x.unbind(1)
+    maxc = torch.maximum(torch.maximum(r, g), b)
+    minc = torch.minimum(torch.minimum(r, g), b)
+    delta = maxc - minc
+    inv = 1.0 / torch.where(delta > 0, delta, 1.0)  # grey pixels: hue 0, as in torchvision
+    rc = (maxc - r) * inv
+    gc = (maxc - g) * inv
+    bc = (maxc - b) * inv
+    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
+    return torch.remainder(h / 6.0, 1.0), maxc, delta
+
+
+def _from_hue_max_delta(h: Tensor, maxc: Tensor, delta: Tensor) -> Tensor:
+    """Inverse of :func:`_hue_max_delta` through the closed form f(n) = v - v s clamp(min(k, 4 - k), 0, 1)
+    with k = (n + 6 h) mod 6 and n = 5, 3, 1 for R, G, B (v s = max - min): no six-way case split."""
+    n = torch.tensor([5.0, 3.0, 1.0], dtype=h.dtype, device=h.device).view(1, 3, 1, 1)
+    k = torch.remainder(n + 6.0 * h.unsqueeze(1), 6.0)
+    return maxc.unsqueeze(1) - delta.unsqueeze(1) * torch.minimum(k, 4.0 - k).clamp_(0, 1)
+
+
+def rgb_to_hsv(x: Tensor) -> Tensor:
+    """(N, 3, H, W) RGB in [0, 1] -> HSV with h in [0, 1) (torchvision's convention)."""
+    h, v, delta = _hue_max_delta(x)
+    s = delta / torch.where(v > 0, v, 1.0)
+    return torch.stack([h, s, v], dim=1)
+
+
+def hsv_to_rgb(hsv: Tensor) -> Tensor:
+    """(N, 3, H, W) HSV (h in turns) -> RGB."""
+    h, s, v = hsv.unbind(1)
+    return _from_hue_max_delta(h, v, v * s)
+
+
+def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
+    """Per-image adjust_hue: rotate the hue by shift (N,) turns; a zero shift returns the image exactly;
+    no-op for 1 channel."""
+    if x.shape[1] == 1:
+        return x
+    h, maxc, delta = _hue_max_delta(x)
+    h = torch.remainder(h + shift.to(h.dtype).view(-1, 1, 1), 1.0)
+    return torch.where(_mask(shift != 0), _from_hue_max_delta(h, maxc, delta), x)
+
+
+@dataclass(frozen=True)
+class JitterParams:
+    """Per-image colour-jitter factors; images not jittered carry the neutral values (1, 1, 1, 0)."""
+
+    brightness: Tensor  # (N,) multiplier
+    contrast: Tensor  # (N,) blend factor towards the mean grey
+    saturation: Tensor  # (N,) blend factor towards the grey image
+    hue: Tensor  # (N,) shift in turns
+    order: Tensor  # (N, 4) int64: each row a permutation of BRIGHTNESS, CONTRAST, SATURATION, HUE
+
+
+def sample_jitter_params(n: int, brightness: float, contrast: float, saturation: float, hue: float,
+                         prob: float, generator: torch.Generator, device: torch.device | str = "cpu",
+                         random_order: bool = True) -> JitterParams:
+    """Factors drawn as torchvision's ColorJitter draws them, independently per image."""
+    device = torch.device(device)
+    active = _bernoulli(n, prob, generator, device)
+    b = _uniform((n,), max(0.0, 1 - brightness), 1 + brightness, generator, device)
+    c = _uniform((n,), max(0.0, 1 - contrast), 1 + contrast, generator, device)
+    s = _uniform((n,), max(0.0, 1 - saturation), 1 + saturation, generator, device)
+    h = _uniform((n,), -hue, hue, generator, device)
+    if random_order:
+        order = _rand((n, 4), generator, device).argsort(dim=1)
+    else:
+        order = torch.arange(4, device=device).expand(n, 4)
+    one = torch.ones((), device=device)
+    return JitterParams(torch.where(active, b, one), torch.where(active, c, one),
+                        torch.where(active, s, one), torch.where(active, h, 0.0), order)
+
+
+def _blend_slot(x: Tensor, op: Tensor, p: JitterParams, on: Tensor) -> Tensor:
+    """One position of the jitter sequence: each image gets the brightness, contrast or saturation blend
+    named by ``op`` (N,), or nothing where ``op`` is HUE or ``on`` is False.
+
+    All three are f x + (1 - f) ref with ref = 0, mean grey or grey, so one blend serves the batch.
+    """
+    factor = torch.where(op == BRIGHTNESS, p.brightness,
+                         torch.where(op == CONTRAST, p.contrast,
+                                     torch.where(op == SATURATION, p.saturation, 1.0)))
+    factor = torch.where(on, factor, 1.0)
+    grey = rgb_to_grayscale(x)
+    is_c = _per_image(op == CONTRAST, x)
+    is_s = _per_image(op == SATURATION, x)
+    ref = is_c * grey.mean(dim=(1, 2, 3), keepdim=True) + is_s * grey
+    return _blend(x, ref, factor)
+
+
+def apply_color_jitter(x: Tensor, p: JitterParams) -> Tensor:
+    """Apply every image's four colour ops in its own order, clamping to [0, 1] after each op.
+
+    Hue, the one costly op, runs once: the three cheap ops before it fill positions 0..2 and those
+    after it positions 1..3 (each blend slot is exact identity for images with nothing to do there).
+    On one channel saturation and hue are no-ops, as in torchvision.
+    """
+    _check_images(x)
+    if x.shape[1] == 1:
+        p = JitterParams(p.brightness, p.contrast, torch.ones_like(p.saturation),
+                         torch.zeros_like(p.hue), p.order)
+    hue_pos = (p.order == HUE).to(torch.int64).argmax(dim=1)
+    for k in range(3):
+        x = _blend_slot(x, p.order[:, k], p, on=k < hue_pos)
+    x = adjust_hue(x, p.hue)
+    for k in range(1, 4):
+        x = _blend_slot(x, p.order[:, k], p, on=k > hue_pos)
+    return x
+
+
+def color_jitter(x: Tensor, brightness: float, contrast: float, saturation: float, hue: float,
+                 prob: float, generator: torch.Generator, random_order: bool = True) -> Tensor:
+    _check_images(x)
+    p = sample_jitter_params(x.shape[0], brightness, contrast, saturation, hue, prob, generator,
+                             x.device, random_order)
+    return apply_color_jitter(x, p)
+
+
+def grayscale_where(x: Tensor, mask: Tensor) -> Tensor:
+    """Replace the images picked by mask (N,) with their luma, replicated to 3 channels."""
+    if x.shape[1] == 1:
+        return x
+    return torch.where(_mask(mask), rgb_to_grayscale(x).expand_as(x), x)
+
+
+def random_grayscale(x: Tensor, prob: float, generator: torch.Generator) -> Tensor:
+    _check_images(x)
+    return grayscale_where(x, _bernoulli(x.shape[0], prob, generator, x.device))
+
+
+# --------------------------------------------------------------------------- blur
+
+
+def blur_kernel_size(out_size: int) -> int:
+    """About 10% of the side, odd, at least 3 (SimCLR's choice)."""
+    k = int(round(0.1 * out_size))
+    return max(3, k if k % 2 else k + 1)
+
+
+def gaussian_kernels(sigma: Tensor, size: int) -> Tensor:
+    """(N,) sigmas -> (N, size) normalised 1-D Gaussian kernels (torchvision's discretisation)."""
+    t = torch.arange(size, dtype=sigma.dtype, device=sigma.device) - (size - 1) / 2
+    k = torch.exp(-0.5 * (t / sigma.unsqueeze(1)) ** 2)
+    return k / k.sum(dim=1, keepdim=True)
+
+
+def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
+    """Blur every image with its own sigma: separable depthwise conv, one group per (image, channel)."""
+    _check_images(x)
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size: must be a positive odd number, got {kernel_size}")
+    n, c, height, width = x.shape
+    weight = gaussian_kernels(sigma.float(), kernel_size).to(x.dtype).repeat_interleave(c, dim=0)
+    pad = kernel_size // 2
+    # Reflect padding needs pad < side; tiny images fall back to repeating the edge.
+    mode = "reflect" if pad < min(height, width) else "replicate"
+    y = F.pad(x.reshape(1, n * c, height, width), (pad, pad, pad, pad), mode=mode)
+    y = F.conv2d(y, weight.view(n * c, 1, 1, kernel_size), groups=n * c)
+    y = F.conv2d(y, weight.view(n * c, 1, kernel_size, 1), groups=n * c)
+    return y.view(n, c, height, width)
+
+
+def random_gaussian_blur(x: Tensor, prob: float, sigma: tuple[float, float], kernel_size: int,
+                         generator: torch.Generator) -> Tensor:
+    _check_images(x)
+    n = x.shape[0]
+    s = _uniform((n,), sigma[0], sigma[1], generator, x.device)
+    mask = _bernoulli(n, prob, generator, x.device)
+    return torch.where(_mask(mask), gaussian_blur(x, s, kernel_size), x)
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+def _check_range(name: str, lo_hi: tuple[float, float], low: float, high: float | None = None) -> None:
+    lo, hi = lo_hi
+    if not (low < lo <= hi and (high is None or hi <= high)):
+        bound = f"{low} < low <= high" + (f" <= {high}" if high is not None else "")
+        raise ValueError(f"pretrain.augment.{name}: expected {bound}, got {tuple(lo_hi)}")
+
+
+class SimCLRAugment:
+    """One SimCLR view of every image in a batch: (N, C, H, W) in [0, 1] -> (N, C, out, out) in [0, 1].
+
+    Call it twice with the same generator for the two views. Ops whose probability or strength is zero
+    in the config are skipped outright (a Python decision on the config, not on the data).
+    """
+
+    def __init__(self, cfg: AugmentConfig, out_size: int, random_order: bool | None = None) -> None:
+        if out_size < 1:
+            raise ValueError(f"out_size: must be positive, got {out_size}")
+        _check_range("crop_scale", cfg.crop_scale, 0.0, 1.0)
+        _check_range("crop_ratio", cfg.crop_ratio, 0.0)
+        _check_range("blur_sigma", cfg.blur_sigma, 0.0)
+        self.cfg = cfg
+        self.out_size = int(out_size)
+        self.random_order = cfg.jitter_random_order if random_order is None else random_order
+        self.kernel_size = blur_kernel_size(self.out_size)
+        self._jitter = cfg.jitter_prob > 0 and (cfg.brightness > 0 or cfg.contrast > 0
+                                                or cfg.saturation > 0 or cfg.hue > 0)
+
+    def __repr__(self) -> str:
+        return f"SimCLRAugment(out_size={self.out_size}, {self.cfg!r})"
+
+    @torch.no_grad()
+    def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        _check_images(x)
+        _check_generator(generator, x.device)
+        cfg = self.cfg
+        x = random_resized_crop(x, self.out_size, cfg.crop_scale, cfg.crop_ratio, cfg.hflip_prob, generator)
+        if self._jitter:
+            x = color_jitter(x, cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue, cfg.jitter_prob,
+                             generator, self.random_order)
+        if cfg.grayscale_prob > 0 and x.shape[1] == 3:
+            x = random_grayscale(x, cfg.grayscale_prob, generator)
+        if cfg.blur_prob > 0:
+            x = random_gaussian_blur(x, cfg.blur_prob, cfg.blur_sigma, self.kernel_size, generator)
+        return x

@@ -1,0 +1,1 @@
+"""Data: sources -> uint8 arrays, the prepared-array format, and the shared pre-processing."""

@@ -1,0 +1,10 @@
+"""The one error type of the data sources."""
+
+from __future__ import annotations
+
+
+class DataError(ValueError):
+    """A data source that cannot be read; the message names the file and the problem in one line.
+
+    A ValueError so that stage entry points (``pipeline.cli``) show it as one line and exit 2.
+    """

@@ -1,0 +1,28 @@
+"""Data sources -> a :class:`Dataset` of uint8 arrays: the one entry point of the prepare stage."""
+
+from __future__ import annotations
+
+from pipeline.config import PrepareConfig
+from pipeline.data.arrays import Dataset
+from pipeline.data.cifar import load_cifar
+from pipeline.data.digits import load_digits_dataset
+from pipeline.data.errors import DataError
+from pipeline.data.folder import load_folder
+
+__all__ = ["DataError", "load_source"]
+
+
+def load_source(cfg: PrepareConfig, seed: int, progress: bool = False) -> Dataset:
+    """Read the source ``cfg`` names; ``seed`` fixes the train/test split of sources without an official one.
+
+    Raises DataError (one line naming the file and the problem) for anything unreadable.
+    """
+    if cfg.source == "digits":
+        return load_digits_dataset(cfg.test_fraction, seed)
+    if cfg.source in ("cifar10", "cifar100"):
+        return load_cifar(cfg.source, cfg.path, cfg.download, progress)
+    if cfg.source == "folder":
+        if cfg.path is None:
+            raise DataError("prepare.path: not set; the folder source needs the root of <class>/<image> folders")
+        return load_folder(cfg.path, cfg.image_size, cfg.test_fraction, seed, progress)
+    raise DataError(f"prepare.source: unknown source {cfg.source!r}")

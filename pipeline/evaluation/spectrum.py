@@ -1,0 +1,75 @@
+"""Dimensional-collapse metrics of a feature matrix.
+
+- Spectrum: the singular values of the covariance of the L2-normalised features, in descending order
+  (Jing et al. 2022, "Understanding dimensional collapse in contrastive self-supervised learning").
+  The covariance is symmetric positive semi-definite, so these are its eigenvalues, i.e. the variances
+  along the principal axes.
+- RankMe (Garrido et al. 2023): exp of the entropy of p_k = sigma_k / sum(sigma) + eps, where sigma are
+  the singular values of the (L2-normalised) feature matrix itself, as in the paper; eps = 1e-7.
+  Isotropic features give ~d, features on one line give ~1.
+- dims99: the fewest principal axes whose variance (the covariance spectrum above) adds up to 99%.
+
+The d x d matrices are built and decomposed in float64: a collapsed spectrum spans many decades.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+RANKME_EPS = 1e-7
+VARIANCE_SHARE = 0.99
+
+
+@dataclass
+class SpectrumStats:
+    singular_values: np.ndarray  # (d,) float64, covariance spectrum, descending
+    rankme: float
+    dims99: int
+
+
+def rankme(singular_values: np.ndarray, eps: float = RANKME_EPS) -> float:
+    """exp(entropy) of the normalised singular values; 0 for an all-zero matrix."""
+    s = np.asarray(singular_values, dtype=np.float64)
+    total = s.sum()
+    if total <= 0:
+        return 0.0
+    p = s / total + eps
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def dims_for_share(variances: np.ndarray, share: float = VARIANCE_SHARE) -> int:
+    """The number of leading components (sorted descending) needed to reach ``share`` of the total."""
+    v = np.sort(np.asarray(variances, dtype=np.float64))[::-1]
+    total = v.sum()
+    if total <= 0:
+        return 0
+    cum = np.cumsum(v) / total
+    # A tiny tolerance so that a spectrum reaching the share exactly is not pushed one component on.
+    return int(np.searchsorted(cum, share - 1e-12) + 1)
+
+
+def _descending_eigvals(m: torch.Tensor) -> np.ndarray:
+    ev = np.linalg.eigvalsh(m.cpu().numpy())
+    return np.clip(ev, 0.0, None)[::-1].copy()  # PSD: negatives are rounding noise
+
+
+def spectrum_stats(features: torch.Tensor) -> SpectrumStats:
+    """Covariance spectrum, RankMe and dims99 of (N, d) features (on any device)."""
+    if features.ndim != 2 or len(features) < 2:
+        raise ValueError(f"spectrum needs (N >= 2, d) features, got shape {tuple(features.shape)}")
+    z = F.normalize(features.double(), dim=1)
+    gram = z.T @ z  # sigma(Z)^2 are its eigenvalues
+    centred = z - z.mean(dim=0, keepdim=True)
+    cov = centred.T @ centred / (len(z) - 1)
+    cov_spectrum = _descending_eigvals(cov)
+    z_singular = np.sqrt(_descending_eigvals(gram))
+    return SpectrumStats(cov_spectrum, rankme(z_singular), dims_for_share(cov_spectrum))
+
+
+def log_spectrum(singular_values: np.ndarray, floor: float = 1e-30) -> np.ndarray:
+    """Natural log, floored so that an exactly rank-deficient spectrum stays finite in CSV and plots."""
+    return np.log(np.maximum(np.asarray(singular_values, dtype=np.float64), floor))

@@ -1,0 +1,64 @@
+"""The evaluate step as a library call, shared by the ``evaluate`` stage and the ``final`` stage.
+
+Loads the prepared data and a saved encoder, carves validation from train (seeded), evaluates, writes
+the metrics JSON and the plots, and logs both into the MLflow run that trained the model (its id is in
+``<model_dir>/run_id``), so one run holds the whole story of a model.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import mlflow
+
+from pipeline import tracking
+from pipeline.config import Params
+from pipeline.data.arrays import load_dataset, load_manifest, train_val_split
+from pipeline.device import resolve_device
+from pipeline.evaluation.evaluate import evaluate_encoder
+from pipeline.evaluation.plots import write_plots
+from pipeline.io import write_json
+from pipeline.models import load_encoder
+
+log = logging.getLogger(__name__)
+
+ENCODER_FILE = "encoder.pt"
+RUN_ID_FILE = "run_id"
+MLFLOW_ARTIFACT_DIR = "eval"
+
+
+def run_evaluation(params: Params, model_dir: str | Path, metrics_path: str | Path,
+                   plots_dir: str | Path, progress: bool = True) -> dict[str, float]:
+    """Evaluate ``<model_dir>/encoder.pt``; write ``metrics_path`` and ``plots_dir``; log them to MLflow."""
+    model_dir, metrics_path, plots_dir = Path(model_dir), Path(metrics_path), Path(plots_dir)
+    cfg = params.evaluate
+    # Fail before the work, not after it, when the run to log into is unknown.
+    run_id = tracking.read_run_id(model_dir / RUN_ID_FILE)
+    data_dir = Path(params.prepare.out_dir)
+    ds = load_dataset(data_dir)
+    manifest = load_manifest(data_dir)
+    encoder, extra = load_encoder(model_dir / ENCODER_FILE)
+    channels = encoder.spec.input.channels
+    if ds.image_shape[-1] != channels:
+        raise ValueError(f"{data_dir}: images have {ds.image_shape[-1]} channels but "
+                         f"{model_dir / ENCODER_FILE} expects {channels}")
+    trained_on = extra.get("dataset_sha256")
+    if trained_on and trained_on != manifest.get("dataset_sha256"):
+        log.warning("%s was trained on data set %s but %s holds %s", model_dir / ENCODER_FILE, trained_on[:12],
+                    data_dir, str(manifest.get("dataset_sha256"))[:12])
+
+    train, val = train_val_split(ds.train, cfg.val_fraction, params.seed)
+    device = resolve_device(params.pretrain.device)
+    result = evaluate_encoder(encoder, train, val, ds.test, len(ds.classes), cfg, device, params.seed,
+                              progress=progress)
+    metrics = result.metrics
+    write_json(metrics_path, metrics)
+    plot_files = write_plots(result, plots_dir, ds.classes)
+
+    with tracking.start_run(params.tracking, run_id=run_id):
+        tracking.log_metrics(metrics)
+        mlflow.log_artifact(str(metrics_path), artifact_path=MLFLOW_ARTIFACT_DIR)
+        for path in plot_files:
+            mlflow.log_artifact(str(path), artifact_path=MLFLOW_ARTIFACT_DIR)
+    return metrics

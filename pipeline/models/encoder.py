@@ -1,0 +1,99 @@
+"""The encoder: backbone + projection head + the input spec they were trained for.
+
+``Encoder.forward`` takes float images in [0, 1], (N, C, S, S), and returns backbone features h;
+``project`` returns the head output z. Normalisation happens inside, so the saved encoder is
+self-describing: :func:`pipeline.data.preprocess.to_model_input` is all a caller needs before it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from pipeline.data.preprocess import InputSpec
+from pipeline.io import atomic_path
+from pipeline.models.backbones import build_backbone
+from pipeline.models.heads import ProjectionHead
+
+Layer = Literal["backbone", "projection"]
+
+
+@dataclass
+class EncoderSpec:
+    backbone: str
+    input: InputSpec
+    width: int = 32
+    head_hidden: list[int] = field(default_factory=lambda: [256])
+    head_out: int = 64
+    head_bn: bool = True
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["input"] = self.input.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EncoderSpec:
+        d = dict(d)
+        d["input"] = InputSpec.from_dict(d["input"])
+        return cls(**d)
+
+
+class Encoder(nn.Module):
+    def __init__(self, spec: EncoderSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.backbone, self.feature_dim = build_backbone(spec.backbone, spec.input.channels, spec.width)
+        self.head = ProjectionHead(self.feature_dim, list(spec.head_hidden), spec.head_out, spec.head_bn)
+        c = spec.input.channels
+        self.register_buffer("mean", torch.tensor(spec.input.mean, dtype=torch.float32).view(1, c, 1, 1))
+        self.register_buffer("std", torch.tensor(spec.input.std, dtype=torch.float32).view(1, c, 1, 1))
+
+    @property
+    def projection_dim(self) -> int:
+        return self.head.out_dim
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self.normalize(x))
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward(x))
+
+    def forward_both(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.forward(x)
+        return h, self.head(h)
+
+    def embed(self, x: torch.Tensor, layer: Layer = "backbone") -> torch.Tensor:
+        if layer == "backbone":
+            return self.forward(x)
+        if layer == "projection":
+            return self.project(x)
+        raise ValueError(f"layer must be 'backbone' or 'projection', got {layer!r}")
+
+
+def save_encoder(encoder: Encoder, path: str | Path, extra: dict | None = None) -> Path:
+    """Save spec + CPU weights atomically (CPU so that a GPU-trained encoder loads anywhere)."""
+    state = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
+    payload = {"spec": encoder.spec.to_dict(), "state_dict": state, "extra": extra or {}}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def load_encoder(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[Encoder, dict]:
+    """Load an encoder saved by :func:`save_encoder`, in eval mode; returns it and its ``extra`` dict."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: encoder not found (run the pretrain stage first)")
+    payload = torch.load(path, map_location=map_location, weights_only=True)
+    encoder = Encoder(EncoderSpec.from_dict(payload["spec"]))
+    encoder.load_state_dict(payload["state_dict"])
+    encoder.eval()
+    return encoder, payload.get("extra", {})

@@ -1,0 +1,76 @@
+"""Optimisers and the learning-rate schedule: SGD with momentum or LARS, linear warm-up then cosine."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from pipeline.config import OptimConfig
+
+
+class LARS(torch.optim.Optimizer):
+    """LARS (You et al., 2017) as SimCLR uses it: SGD with momentum whose step for each weight matrix is
+    scaled by the trust ratio eta * ||w|| / ||g + wd * w||. Groups with ``lars=False`` (biases and norm
+    parameters) take plain SGD steps without weight decay.
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
+                 eta: float = 0.02) -> None:
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars=True))
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                d = p.grad
+                if group["lars"]:
+                    d = d.add(p, alpha=group["weight_decay"])
+                    w_norm, d_norm = p.norm(), d.norm()
+                    trust = torch.where((w_norm > 0) & (d_norm > 0), group["eta"] * w_norm / d_norm,
+                                        torch.ones_like(w_norm))
+                    d = d.mul(trust)
+                buf = self.state[p].get("momentum_buffer")
+                if buf is None:
+                    buf = self.state[p]["momentum_buffer"] = d.clone()
+                else:
+                    buf.mul_(group["momentum"]).add_(d)
+                p.add_(buf, alpha=-group["lr"])
+        return loss
+
+
+def _param_groups(model: nn.Module, weight_decay: float, lars: bool) -> list[dict]:
+    # Biases and norm parameters carry no weight decay (and no trust ratio): decaying them hurts SSL.
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if lars:
+        groups[1]["lars"] = False
+    return groups
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig, batch_size: int) -> torch.optim.Optimizer:
+    lr = cfg.lr * batch_size / 256  # the linear scaling rule
+    if cfg.name == "lars":
+        return LARS(_param_groups(model, cfg.weight_decay, True), lr=lr, momentum=cfg.momentum,
+                    weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(_param_groups(model, cfg.weight_decay, False), lr=lr, momentum=cfg.momentum)
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int) -> callable:
+    """Multiplier of the base rate at each step: linear from ~0 to 1, then cosine to 0."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor

@@ -1,0 +1,77 @@
+"""Pretrain an encoder and record it: the MLflow run, the encoder file, the run-id hand-off, the metrics.
+
+Shared by the ``pretrain`` and ``final`` stages, so the two differ only in their params.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+
+from pipeline import tracking
+from pipeline.config import Params, PretrainConfig, flat_params
+from pipeline.data.arrays import load_manifest, load_split
+from pipeline.io import write_json
+from pipeline.models.encoder import Encoder, save_encoder
+from pipeline.train import CHECKPOINT, TrainResult, fingerprint, read_checkpoint_meta, train
+
+log = logging.getLogger(__name__)
+
+ENCODER_FILE = "encoder.pt"
+RUN_ID_FILE = "run_id"
+
+
+@dataclass
+class PretrainOutcome:
+    run_id: str
+    result: TrainResult
+    encoder_path: Path
+
+
+def mlflow_epoch_logger(epoch: int, metrics: dict[str, float], encoder: Encoder) -> None:
+    tracking.log_metrics(metrics, step=epoch)
+
+
+def pretrain_and_log(params: Params, cfg: PretrainConfig, out_dir: str | Path, *, run_name: str,
+                     metrics_path: str | Path | None = None, extra_tags: dict[str, str] | None = None,
+                     progress: bool = True) -> PretrainOutcome:
+    """Train ``cfg`` on the prepared training split and log everything into one MLflow run."""
+    out_dir = Path(out_dir)
+    data_dir = params.prepare.out_dir
+    manifest = load_manifest(data_dir)
+    images = load_split(data_dir, "train").images
+
+    # A checkpoint of the same params and data means an interrupted run: continue it and its MLflow run.
+    prev = read_checkpoint_meta(out_dir / CHECKPOINT)
+    same = prev is not None and prev["fingerprint"] == fingerprint(cfg, images, params.seed)
+    run_id = prev["meta"].get("run_id") if same else None
+
+    tags = {
+        "stage": run_name,
+        "git_commit": tracking.git_commit(),
+        "dataset": manifest["source"],
+        "dataset_sha256": manifest["dataset_sha256"],
+        "sparsehead.form": cfg.sparsehead.form,
+        "sparsehead.lambda": str(cfg.sparsehead.lam),
+        **(extra_tags or {}),
+    }
+    with tracking.start_run(params.tracking, run_id=run_id, run_name=run_name) as run:
+        if run_id is None:
+            mlflow.log_params({**flat_params(cfg, "pretrain."), "seed": params.seed,
+                               **flat_params(params.prepare, "prepare.")})
+            mlflow.set_tags(tags)
+        result = train(cfg, images, seed=params.seed, out_dir=out_dir, callbacks=[mlflow_epoch_logger],
+                       progress=progress, meta={"run_id": run.info.run_id})
+        extra = {"run_id": run.info.run_id, "epochs": cfg.epochs, "dataset": manifest["source"],
+                 "dataset_sha256": manifest["dataset_sha256"], "classes": manifest["classes"],
+                 "sparsehead": cfg.sparsehead.model_dump(by_alias=True)}
+        encoder_path = save_encoder(result.encoder, out_dir / ENCODER_FILE, extra=extra)
+        mlflow.log_artifact(str(encoder_path), artifact_path="encoder")
+        final = {k: v for k, v in result.final.items() if k != "epoch_seconds"}
+        if metrics_path is not None:
+            write_json(metrics_path, {k: round(v, 6) for k, v in final.items()})
+        tracking.write_run_id(out_dir / RUN_ID_FILE, run.info.run_id)
+        return PretrainOutcome(run.info.run_id, result, encoder_path)

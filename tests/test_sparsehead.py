@@ -1,0 +1,84 @@
+"""Each SparseHead form's value and gradient against hand computation on small matrices."""
+
+import pytest
+import torch
+from torch import nn
+
+from pipeline.models.heads import ProjectionHead
+from pipeline.sparsehead import SparseHeadRegularizer, head_stats
+
+
+def small_head() -> ProjectionHead:
+    """A 3 -> 2 -> 2 head with hand-set weights: W1 = [[1, -2, 0], [3, 0, 0]], W2 = [[0.5, -0.5], [0, 4]]."""
+    head = ProjectionHead(3, [2], 2, batch_norm=True)
+    w1, w2 = head.linear_layers()
+    with torch.no_grad():
+        w1.weight.copy_(torch.tensor([[1.0, -2.0, 0.0], [3.0, 0.0, 0.0]]))
+        w2.weight.copy_(torch.tensor([[0.5, -0.5], [0.0, 4.0]]))
+        w2.bias.copy_(torch.tensor([100.0, -100.0]))  # biases must not count
+        head.net[1].weight.fill_(7.0)  # nor batch-norm parameters
+    return head
+
+
+def test_l1_value_and_gradient():
+    head = small_head()
+    r = SparseHeadRegularizer("l1", 0.1)(head, torch.zeros(1, 2))
+    assert r.item() == pytest.approx(1 + 2 + 3 + 0.5 + 0.5 + 4)
+    r.backward()
+    w1, w2 = head.linear_layers()
+    # d|w|/dw = sign(w), and torch's sign(0) = 0.
+    assert torch.equal(w1.weight.grad, torch.tensor([[1.0, -1.0, 0.0], [1.0, 0.0, 0.0]]))
+    assert torch.equal(w2.weight.grad, torch.tensor([[1.0, -1.0], [0.0, 1.0]]))
+    assert w2.bias.grad is None and head.net[1].weight.grad is None
+
+
+def test_group_value_and_gradient():
+    head = small_head()
+    r = SparseHeadRegularizer("group", 0.1)(head, torch.zeros(1, 2))
+    # Columns of W1: (1, 3), (-2, 0), (0, 0): norms sqrt(10), 2, 0.
+    assert r.item() == pytest.approx(10 ** 0.5 + 2.0)
+    r.backward()
+    w1, w2 = head.linear_layers()
+    # d||c||/dc = c / ||c||; the zero column's subgradient is taken as 0.
+    expected = torch.tensor([[1 / 10 ** 0.5, -1.0, 0.0], [3 / 10 ** 0.5, 0.0, 0.0]])
+    assert torch.allclose(w1.weight.grad, expected, atol=1e-6)
+    assert w2.weight.grad is None  # only the first layer is grouped
+
+
+def test_activation_value_and_gradient():
+    head = small_head()
+    z = torch.tensor([[1.0, -2.0], [0.5, 0.0], [-3.0, 1.0]], requires_grad=True)
+    r = SparseHeadRegularizer("activation", 1.0)(head, z)
+    assert r.item() == pytest.approx((3 + 0.5 + 4) / 3)
+    r.backward()
+    assert torch.allclose(z.grad, torch.sign(z.detach()) / 3)
+
+
+def test_rejects_unknown_form_and_negative_lambda():
+    with pytest.raises(ValueError, match="form"):
+        SparseHeadRegularizer("l2")
+    with pytest.raises(ValueError, match="lambda"):
+        SparseHeadRegularizer("l1", -1.0)
+
+
+def test_head_stats_hand_computed():
+    stats = head_stats(small_head())
+    assert stats["head_l1_layer0"] == pytest.approx(6.0)
+    assert stats["head_l1_layer1"] == pytest.approx(5.0)
+    # Near zero: |w| <= 1% of the layer's max. W1: three zeros of six; W2: one of four.
+    assert stats["head_sparsity_layer0"] == pytest.approx(3 / 6)
+    assert stats["head_sparsity_layer1"] == pytest.approx(1 / 4)
+    assert stats["head_sparsity"] == pytest.approx(4 / 10)
+    assert stats["head_features_used"] == 2.0  # the third input feature's column is all zero
+    assert stats["head_features_used_frac"] == pytest.approx(2 / 3)
+
+
+def test_l1_gradient_step_shrinks_weights():
+    head = small_head()
+    opt = torch.optim.SGD(head.parameters(), lr=0.1)
+    before = sum(layer.weight.abs().sum().item() for layer in head.linear_layers())
+    SparseHeadRegularizer("l1", 1.0)(head, torch.zeros(1, 2)).backward()
+    opt.step()
+    after = sum(layer.weight.abs().sum().item() for layer in head.linear_layers())
+    assert after < before
+    assert isinstance(head.net[-1], nn.Linear)
