@@ -121,17 +121,22 @@ class TuneConfig(_Section):
     eval_every: int = Field(2, gt=0)  # epochs between the intermediate kNN reports that feed the pruner
     pruner: Literal["median", "hyperband", "none"] = "median"
     pruner_warmup_steps: int = Field(2, ge=0)
+    pruner_startup_trials: int = Field(2, ge=0)  # median: completed trials before it prunes (baseline included)
     sampler: Literal["tpe", "random"] = "tpe"
     seed: int = 0
     enqueue_baseline: bool = True
+    max_failed_trials: int = Field(3, ge=1)  # a worker gives up after this many failed trials in a row
     best_params: str = "best_params.json"
     out_metrics: str = "metrics/tune.json"
+    plots_dir: str = "plots/tune"  # trials.csv, history.png, lambda.png[, importances.png]
 
 
 class FinalConfig(_Section):
     epochs: int | None = None  # None: pretrain.epochs
     out_dir: str = "models/final"
-    out_metrics: str = "metrics/final.json"
+    out_metrics: str = "metrics/final.json"  # the evaluation of the final encoder
+    train_metrics: str = "metrics/final_train.json"  # its last training epoch
+    plots_dir: str = "plots/final"
 
 
 class RegisterConfig(_Section):

@@ -14,6 +14,7 @@ import mlflow
 from pipeline import tracking
 from pipeline.config import Params, PretrainConfig, flat_params
 from pipeline.data.arrays import load_manifest, load_split
+from pipeline.distributed import DistContext
 from pipeline.io import write_json
 from pipeline.models.encoder import Encoder, save_encoder
 from pipeline.train import CHECKPOINT, TrainResult, fingerprint, read_checkpoint_meta, train
@@ -43,6 +44,11 @@ def pretrain_and_log(params: Params, cfg: PretrainConfig, out_dir: str | Path, *
     data_dir = params.prepare.out_dir
     manifest = load_manifest(data_dir)
     images = load_split(data_dir, "train").images
+    dist = DistContext.from_env()
+    if not dist.is_main:
+        # Under torchrun only rank 0 records; the other ranks contribute their gradients and stop.
+        result = train(cfg, images, seed=params.seed, out_dir=None, progress=False, dist=dist)
+        return PretrainOutcome("", result, out_dir / ENCODER_FILE)
 
     # A checkpoint of the same params and data means an interrupted run: continue it and its MLflow run.
     prev = read_checkpoint_meta(out_dir / CHECKPOINT)
@@ -64,7 +70,7 @@ def pretrain_and_log(params: Params, cfg: PretrainConfig, out_dir: str | Path, *
                                **flat_params(params.prepare, "prepare.")})
             mlflow.set_tags(tags)
         result = train(cfg, images, seed=params.seed, out_dir=out_dir, callbacks=[mlflow_epoch_logger],
-                       progress=progress, meta={"run_id": run.info.run_id})
+                       progress=progress, meta={"run_id": run.info.run_id}, dist=dist)
         extra = {"run_id": run.info.run_id, "epochs": cfg.epochs, "dataset": manifest["source"],
                  "dataset_sha256": manifest["dataset_sha256"], "classes": manifest["classes"],
                  "sparsehead": cfg.sparsehead.model_dump(by_alias=True)}

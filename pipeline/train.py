@@ -72,7 +72,7 @@ def fingerprint(cfg: PretrainConfig, images: np.ndarray, seed: int, epochs: int 
     """What a checkpoint must match to be resumed: everything that changes the result."""
     d = cfg.model_dump(by_alias=True, exclude={"out_dir", "device", "num_threads"})
     d["epochs"] = epochs or cfg.epochs
-    data = hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()
+    data = hashlib.sha256(memoryview(np.ascontiguousarray(images)).cast("B")).hexdigest()
     return hashlib.sha256(json.dumps([d, seed, data], sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.data.arrays import Dataset, Split
-from pipeline.data.errors import DataError
+from pipeline.data.errors import DataError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def _unpickle(f: IO[bytes], where: str) -> Any:
         # encoding="bytes": the official files are Python 2 pickles whose dict keys are byte strings.
         return _SafeUnpickler(f, encoding="bytes").load()
     except (pickle.UnpicklingError, AttributeError, ImportError, IndexError, TypeError, ValueError) as exc:
-        raise DataError(f"{where}: not a valid CIFAR pickle ({exc})") from exc
+        raise DataError(f"{where}: not a valid CIFAR pickle ({one_line(exc)})") from exc
 
 
 def resolve_archive(path: str | None, download: bool, fmt: CifarFormat) -> Path:
@@ -133,7 +133,7 @@ def download_archive(fmt: CifarFormat, folder: Path) -> None:
     try:
         getattr(torchvision.datasets, fmt.torchvision_class)(root=str(folder), train=True, download=True)
     except (OSError, RuntimeError) as exc:  # URLError is an OSError; a bad checksum is a RuntimeError
-        raise DataError(f"{folder / fmt.archive}: download through torchvision failed ({exc})") from exc
+        raise DataError(f"{folder / fmt.archive}: download through torchvision failed ({one_line(exc)})") from exc
 
 
 def _read_members(archive: Path, wanted: set[str], progress: bool) -> dict[str, Any]:
@@ -154,7 +154,7 @@ def _read_members(archive: Path, wanted: set[str], progress: bool) -> dict[str, 
                 bar.update(1)
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise DataError(f"{archive}: not a readable tar.gz archive, or it is truncated "
-                        f"(while reading {current}: {exc})") from exc
+                        f"(while reading {current}: {one_line(exc)})") from exc
     missing = sorted(wanted - found.keys())
     if missing:
         raise DataError(f"{archive}: member {missing[0]} is missing (is this the official {archive.name}?)")
@@ -174,7 +174,7 @@ def _check_batch(obj: Any, where: str, label_key: bytes, num_classes: int) -> tu
     try:
         labels = np.asarray(obj[label_key])
     except (TypeError, ValueError) as exc:  # ragged or odd label lists
-        raise DataError(f"{where}: {label_key!r} is not a list of integers ({exc})") from exc
+        raise DataError(f"{where}: {label_key!r} is not a list of integers ({one_line(exc)})") from exc
     if labels.shape != (data.shape[0],) or (labels.size and labels.dtype.kind not in "iu"):
         raise DataError(f"{where}: {label_key!r} must be {data.shape[0]} integers, got {labels.dtype} {labels.shape}")
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):

@@ -8,3 +8,8 @@ class DataError(ValueError):
 
     A ValueError so that stage entry points (``pipeline.cli``) show it as one line and exit 2.
     """
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's text on one line (tarfile and PIL sometimes spread theirs over several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -16,7 +16,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipeline.data.arrays import Dataset, Split
-from pipeline.data.errors import DataError
+from pipeline.data.errors import DataError, one_line
 from pipeline.data.preprocess import InputSpec, convert_channels, fit_image
 from pipeline.data.stratify import stratified_split
 
@@ -93,14 +93,14 @@ def _probe(path: Path) -> tuple[tuple[int, int], bool]:
         with Image.open(path) as im:
             return im.size, im.mode in GREY_MODES
     except _PIL_ERRORS as exc:
-        raise DataError(f"{path}: not a readable image ({exc})") from exc
+        raise DataError(f"{path}: not a readable image ({one_line(exc)})") from exc
 
 
 def _grey8(im: Image.Image) -> np.ndarray:
     if im.mode == "I" or im.mode.startswith("I;16"):
         # PIL's own I;16 -> L conversion clips at 255 instead of scaling, which would blow out 16-bit scans.
         return np.floor(np.asarray(im, dtype=np.float64) / 257.0 + 0.5).clip(0, 255).astype(np.uint8)
-    return np.asarray(im.convert("L"))
+    return np.array(im.convert("L"))
 
 
 def _decode(path: Path) -> np.ndarray:
@@ -108,9 +108,10 @@ def _decode(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
-            return _grey8(im) if im.mode in GREY_MODES else np.asarray(im.convert("RGB"))
+            # np.array copies: a read-only view of PIL memory would make torch warn inside fit_image
+            return _grey8(im) if im.mode in GREY_MODES else np.array(im.convert("RGB"))
     except _PIL_ERRORS as exc:
-        raise DataError(f"{path}: corrupt or unreadable image ({exc})") from exc
+        raise DataError(f"{path}: corrupt or unreadable image ({one_line(exc)})") from exc
 
 
 def _read(files: _Files, shape: tuple[int, int, int], image_size: int | None, desc: str, progress: bool) -> Split:
@@ -134,7 +135,11 @@ def load_folder(root: str | Path, image_size: int | None, test_fraction: float, 
         raise DataError(f"{root}: prepare.image_size must be a positive side length, got {image_size}")
     extensions = set(Image.registered_extensions())
     top = _class_dirs(root)
-    official = [d.name for d in top] == ["test", "train"]
+    names = [d.name for d in top]
+    official = names == ["test", "train"]
+    if not official and {"train", "test"} <= set(names):
+        raise DataError(f"{root}: holds train/ and test/ beside other folders ({', '.join(names)}); use either "
+                        f"<root>/train|test/<class>/ or <root>/<class>/ alone")
     if official:
         classes, train_files, skipped = _scan(root / "train", None, extensions)
         _, test_files, skipped_test = _scan(root / "test", classes, extensions)

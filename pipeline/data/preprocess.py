@@ -72,7 +72,8 @@ def fit_image(image: np.ndarray, spec: InputSpec) -> np.ndarray:
         raise ValueError(f"image has an empty side: shape {image.shape}")
     if (h, w) == (spec.image_size, spec.image_size):
         return image
-    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    # np.array copies: a decoded PIL image is read-only, and torch warns on non-writable buffers.
+    t = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)[None].float()
     t = F.interpolate(t, size=(spec.image_size, spec.image_size), mode="bilinear", antialias=True,
                       align_corners=False)
     return t[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()

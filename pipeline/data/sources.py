@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from pipeline.config import PrepareConfig
 from pipeline.data.arrays import Dataset
-from pipeline.data.cifar import load_cifar
-from pipeline.data.digits import load_digits_dataset
 from pipeline.data.errors import DataError
-from pipeline.data.folder import load_folder
 
 __all__ = ["DataError", "load_source"]
 
@@ -15,13 +12,22 @@ __all__ = ["DataError", "load_source"]
 def load_source(cfg: PrepareConfig, seed: int, progress: bool = False) -> Dataset:
     """Read the source ``cfg`` names; ``seed`` fixes the train/test split of sources without an official one.
 
-    Raises DataError (one line naming the file and the problem) for anything unreadable.
+    Raises DataError (one line naming the file and the problem) for anything unreadable. ``progress`` shows
+    tqdm bars (the stage sets it; library callers and tests stay quiet).
     """
+    # Each reader is imported only when chosen: scikit-learn (digits) and torch (folder resizing) take
+    # seconds to import, which a CIFAR run, or a run that fails on a missing file, should not pay.
     if cfg.source == "digits":
+        from pipeline.data.digits import load_digits_dataset
+
         return load_digits_dataset(cfg.test_fraction, seed)
     if cfg.source in ("cifar10", "cifar100"):
+        from pipeline.data.cifar import load_cifar
+
         return load_cifar(cfg.source, cfg.path, cfg.download, progress)
     if cfg.source == "folder":
+        from pipeline.data.folder import load_folder
+
         if cfg.path is None:
             raise DataError("prepare.path: not set; the folder source needs the root of <class>/<image> folders")
         return load_folder(cfg.path, cfg.image_size, cfg.test_fraction, seed, progress)

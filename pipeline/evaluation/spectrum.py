@@ -70,6 +70,9 @@ def spectrum_stats(features: torch.Tensor) -> SpectrumStats:
     return SpectrumStats(cov_spectrum, rankme(z_singular), dims_for_share(cov_spectrum))
 
 
-def log_spectrum(singular_values: np.ndarray, floor: float = 1e-30) -> np.ndarray:
-    """Natural log, floored so that an exactly rank-deficient spectrum stays finite in CSV and plots."""
-    return np.log(np.maximum(np.asarray(singular_values, dtype=np.float64), floor))
+def log_spectrum(singular_values: np.ndarray, rel_floor: float = 1e-16) -> np.ndarray:
+    """Natural log, floored at ``rel_floor`` times the largest value (float64 rounding level), so that an
+    exactly rank-deficient spectrum (a dead feature) stays finite and on the scale of the rest."""
+    s = np.asarray(singular_values, dtype=np.float64)
+    floor = max(float(s.max(initial=0.0)) * rel_floor, np.finfo(np.float64).tiny)
+    return np.log(np.maximum(s, floor))

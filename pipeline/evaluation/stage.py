@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 import mlflow
+import torch
 
 from pipeline import tracking
 from pipeline.config import Params
@@ -49,7 +50,10 @@ def run_evaluation(params: Params, model_dir: str | Path, metrics_path: str | Pa
                     data_dir, str(manifest.get("dataset_sha256"))[:12])
 
     train, val = train_val_split(ds.train, cfg.val_fraction, params.seed)
+    # Evaluation runs where pretraining ran, with the same CPU thread budget.
     device = resolve_device(params.pretrain.device)
+    if params.pretrain.num_threads:
+        torch.set_num_threads(params.pretrain.num_threads)
     result = evaluate_encoder(encoder, train, val, ds.test, len(ds.classes), cfg, device, params.seed,
                               progress=progress)
     metrics = result.metrics

@@ -1,0 +1,197 @@
+"""Micro-batching: concurrent requests share one forward pass.
+
+Requests put their (already decoded) images in a queue. A collector waits until the queue holds
+``max_batch_size`` images or the oldest has waited ``max_wait_ms``, takes whole requests up to that
+size, and runs one forward pass in a bounded thread pool (``workers`` threads; never on the event
+loop). While every worker is busy, requests keep arriving and the next batch grows, which is what
+makes throughput rise with load. Past ``max_queue_images`` images outstanding a request is refused
+(HTTP 429) instead of queueing without end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.metrics import Metrics
+from service.model_store import ServedModel
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(RuntimeError):
+    """Too many images outstanding; the client should retry later (HTTP 429)."""
+
+
+class NotReady(RuntimeError):
+    """No model loaded yet (HTTP 503)."""
+
+
+@dataclass
+class BatchOutput:
+    h: np.ndarray  # this request's rows only
+    z: np.ndarray
+    model: ServedModel  # the model that computed them (a reload may swap it for later batches)
+    queue_ms: float
+    inference_ms: float
+    batch_size: int
+
+
+@dataclass
+class _Pending:
+    images: np.ndarray
+    future: asyncio.Future
+    enqueued: float
+
+
+class MicroBatcher:
+    def __init__(self, model: Callable[[], ServedModel | None], *, max_batch_size: int, max_wait_ms: float,
+                 max_queue_images: int, workers: int, metrics: Metrics | None = None) -> None:
+        self._model = model
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_ms / 1000.0
+        self.max_queue_images = max_queue_images
+        self.metrics = metrics
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="embed")
+        self._slots = asyncio.Semaphore(workers)
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._queued_images = 0  # in the queue
+        self._outstanding = 0  # queued + in a running batch: what max_queue_images bounds
+        self._arrived = asyncio.Event()
+        self._collector: asyncio.Task | None = None
+        self._running: set[asyncio.Task] = set()
+
+    async def start(self) -> None:
+        self._collector = asyncio.create_task(self._collect(), name="batch-collector")
+
+    async def stop(self) -> None:
+        if self._collector is not None:
+            self._collector.cancel()
+            await asyncio.gather(self._collector, return_exceptions=True)
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+        while self._queue:
+            p = self._queue.popleft()
+            if not p.future.done():
+                p.future.set_exception(NotReady("the service is shutting down"))
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    @property
+    def outstanding_images(self) -> int:
+        return self._outstanding
+
+    async def submit(self, images: np.ndarray) -> BatchOutput:
+        """Embed uint8 (N, S, S, C) images; returns both layers for this request's rows."""
+        n = len(images)
+        if self._model() is None:
+            raise NotReady("the model is not loaded yet")
+        if self._outstanding + n > self.max_queue_images:
+            raise QueueFull(f"{self._outstanding} images are already waiting (limit {self.max_queue_images}); "
+                            "retry later")
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(images, future, time.perf_counter()))
+        self._queued_images += n
+        self._add_outstanding(n)
+        self._arrived.set()
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # The client went away; its rows are computed anyway if the batch already formed.
+            future.cancel()
+            raise
+
+    def _add_outstanding(self, n: int) -> None:
+        self._outstanding += n
+        if self.metrics:
+            self.metrics.queue_images.set(self._outstanding)
+
+    async def _collect(self) -> None:
+        while True:
+            await self._slots.acquire()  # a free worker first: while all are busy, the queue grows
+            try:
+                while not self._queue:
+                    self._arrived.clear()
+                    await self._arrived.wait()
+                deadline = self._queue[0].enqueued + self.max_wait_s
+                while self._queued_images < self.max_batch_size:
+                    remaining = deadline - time.perf_counter()
+                    if remaining <= 0:
+                        break
+                    self._arrived.clear()
+                    try:
+                        await asyncio.wait_for(self._arrived.wait(), remaining)
+                    except TimeoutError:
+                        break
+                batch = self._take()
+            except BaseException:
+                self._slots.release()
+                raise
+            task = asyncio.create_task(self._run(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    def _take(self) -> list[_Pending]:
+        """Whole requests from the front, up to max_batch_size images (always at least one request)."""
+        batch: list[_Pending] = []
+        size = 0
+        while self._queue:
+            n = len(self._queue[0].images)
+            if batch and size + n > self.max_batch_size:
+                break
+            p = self._queue.popleft()
+            self._queued_images -= n
+            if p.future.cancelled():
+                self._add_outstanding(-n)
+                continue
+            batch.append(p)
+            size += n
+        return batch
+
+    async def _run(self, batch: list[_Pending]) -> None:
+        total = sum(len(p.images) for p in batch)
+        try:
+            if not batch:
+                return
+            model = self._model()  # one snapshot for the whole batch
+            if model is None:
+                raise NotReady("the model is not loaded yet")
+            started = time.perf_counter()
+            images = batch[0].images if len(batch) == 1 else np.concatenate([p.images for p in batch])
+            loop = asyncio.get_running_loop()
+            h, z = await loop.run_in_executor(self._executor, self._forward, model, images)
+            inference_s = time.perf_counter() - started
+            if self.metrics:
+                self.metrics.batch_size.observe(total)
+                self.metrics.inference_time.observe(inference_s)
+            row = 0
+            for p in batch:
+                n = len(p.images)
+                queue_s = started - p.enqueued
+                if self.metrics:
+                    self.metrics.queue_time.observe(queue_s)
+                if not p.future.done():
+                    p.future.set_result(BatchOutput(h[row:row + n], z[row:row + n], model, queue_s * 1000,
+                                                    inference_s * 1000, total))
+                row += n
+        except Exception as exc:
+            log.exception("forward pass over %d images failed", total)
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(exc)
+        finally:
+            self._add_outstanding(-total)
+            self._slots.release()
+
+    def _forward(self, model: ServedModel, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # A request larger than max_batch_size forms a batch of its own: run it in chunks.
+        if len(images) <= self.max_batch_size:
+            return model.embed(images)
+        parts = [model.embed(images[i:i + self.max_batch_size]) for i in range(0, len(images), self.max_batch_size)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
