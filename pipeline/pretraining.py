@@ -16,13 +16,11 @@ from pipeline.config import Params, PretrainConfig, flat_params
 from pipeline.data.arrays import load_manifest, load_split
 from pipeline.distributed import DistContext
 from pipeline.io import write_json
-from pipeline.models.encoder import Encoder, save_encoder
+from pipeline.models.encoder import ENCODER_FILE, Encoder, save_encoder
 from pipeline.train import CHECKPOINT, TrainResult, fingerprint, read_checkpoint_meta, train
 
 log = logging.getLogger(__name__)
 
-ENCODER_FILE = "encoder.pt"
-RUN_ID_FILE = "run_id"
 
 
 @dataclass
@@ -79,5 +77,5 @@ def pretrain_and_log(params: Params, cfg: PretrainConfig, out_dir: str | Path, *
         final = {k: v for k, v in result.final.items() if k != "epoch_seconds"}
         if metrics_path is not None:
             write_json(metrics_path, {k: round(v, 6) for k, v in final.items()})
-        tracking.write_run_id(out_dir / RUN_ID_FILE, run.info.run_id)
+        tracking.write_run_id(out_dir / tracking.RUN_ID_FILE, run.info.run_id)
         return PretrainOutcome(run.info.run_id, result, encoder_path)

@@ -29,11 +29,10 @@ from mlflow.tracking import MlflowClient
 from mlflow.types.schema import Schema, TensorSpec
 
 from pipeline.config import RegisterConfig
-from pipeline.models.encoder import Encoder, load_encoder, save_encoder
+from pipeline.models.encoder import ENCODER_FILE, Encoder, load_encoder, save_encoder
 
 log = logging.getLogger(__name__)
 
-ENCODER_FILE = "encoder.pt"  # inside the model directory, under extra_files/
 METRIC_TAG_PREFIX = "metric."
 OUTCOME_TAG = "registry.outcome"  # "champion" or "lost"
 

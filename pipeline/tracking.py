@@ -23,6 +23,8 @@ from pipeline.io import write_text
 
 log = logging.getLogger(__name__)
 
+RUN_ID_FILE = "run_id"  # beside a model: the id of the MLflow run that trained it
+
 
 def tracking_uri(cfg: TrackingConfig) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri

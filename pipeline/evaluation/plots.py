@@ -31,6 +31,14 @@ CONFUSION_COLUMNS = ("actual", "predicted")
 _ANNOTATE_MAX_CLASSES = 20
 
 
+def save_png(fig: Figure, path: str | Path) -> Path:
+    """Lay out ``fig`` and write it as a PNG, atomically."""
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return Path(path)
+
+
 def write_spectrum_csv(path: str | Path, singular_values: np.ndarray) -> Path:
     logs = log_spectrum(singular_values)
     with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
@@ -50,10 +58,7 @@ def plot_spectra_png(path: str | Path, curves: dict[str, np.ndarray], title: str
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return Path(path)
+    return save_png(fig, path)
 
 
 def confusion_counts(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
@@ -92,10 +97,7 @@ def plot_confusion_png(path: str | Path, y_true: np.ndarray, y_pred: np.ndarray,
     ax.set_xlabel("predicted")
     ax.set_ylabel("actual")
     ax.set_title(title)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return Path(path)
+    return save_png(fig, path)
 
 
 def write_plots(result: EvalResult, plots_dir: str | Path, class_names: Sequence[str]) -> list[Path]:

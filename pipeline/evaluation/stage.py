@@ -20,12 +20,10 @@ from pipeline.device import resolve_device
 from pipeline.evaluation.evaluate import evaluate_encoder
 from pipeline.evaluation.plots import write_plots
 from pipeline.io import write_json
-from pipeline.models import load_encoder
+from pipeline.models import ENCODER_FILE, load_encoder
 
 log = logging.getLogger(__name__)
 
-ENCODER_FILE = "encoder.pt"
-RUN_ID_FILE = "run_id"
 MLFLOW_ARTIFACT_DIR = "eval"
 
 
@@ -35,7 +33,7 @@ def run_evaluation(params: Params, model_dir: str | Path, metrics_path: str | Pa
     model_dir, metrics_path, plots_dir = Path(model_dir), Path(metrics_path), Path(plots_dir)
     cfg = params.evaluate
     # Fail before the work, not after it, when the run to log into is unknown.
-    run_id = tracking.read_run_id(model_dir / RUN_ID_FILE)
+    run_id = tracking.read_run_id(model_dir / tracking.RUN_ID_FILE)
     data_dir = Path(params.prepare.out_dir)
     ds = load_dataset(data_dir)
     manifest = load_manifest(data_dir)

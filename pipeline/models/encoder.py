@@ -20,6 +20,7 @@ from pipeline.models.backbones import build_backbone
 from pipeline.models.heads import ProjectionHead
 
 Layer = Literal["backbone", "projection"]
+ENCODER_FILE = "encoder.pt"  # the file name of a saved encoder in a model folder
 
 
 @dataclass

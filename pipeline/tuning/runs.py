@@ -76,7 +76,12 @@ def parent_run(params: Params, run_id: str) -> Iterator[mlflow.ActiveRun]:
 def trial_run(study_name: str, trial: optuna.Trial, tags: dict[str, str] | None = None
               ) -> Iterator[mlflow.ActiveRun]:
     """A nested run for one trial, ended with the status that matches how the trial ended."""
+    parent = mlflow.active_run()
+    if parent is None:
+        raise RuntimeError("trial_run needs the study's parent run to be active (parent_run)")
+    # The parent's experiment, explicitly: a nested run otherwise goes to the *default* experiment.
     run = mlflow.start_run(run_name=f"trial {trial.number:03d}", nested=True,
+                           experiment_id=parent.info.experiment_id,
                            tags={STUDY_TAG: study_name, TRIAL_TAG: str(trial.number), STATE_TAG: "RUNNING",
                                  **(tags or {})})
     trial.set_user_attr(RUN_ATTR, run.info.run_id)

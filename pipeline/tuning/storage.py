@@ -96,7 +96,7 @@ def redact(url: str) -> str:
 
 
 class BudgetLock:
-    """An exclusive ``flock`` on ``<storage file>.lock``, held while a worker checks the budget and
+    """An exclusive ``flock`` on ``<storage file>.budget.lock``, held while a worker checks the budget and
     creates its next trial (or creates the study's baseline and MLflow parent run).
 
     For a network database (no local file) or where ``fcntl`` is missing, it is a no-op.
@@ -104,7 +104,8 @@ class BudgetLock:
 
     def __init__(self, url: str) -> None:
         path = local_file(url)
-        self.path = path.with_name(path.name + ".lock") if path is not None and fcntl is not None else None
+        # Not "<file>.lock": Optuna's journal takes that name for its own symlink lock.
+        self.path = path.with_name(path.name + ".budget.lock") if path is not None and fcntl is not None else None
         self._fd: int | None = None
 
     @property

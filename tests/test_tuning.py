@@ -1,0 +1,261 @@
+"""The Optuna study of lambda: trials in the storage, nested MLflow runs, baseline, pruning, reruns,
+several worker processes on one journal, failures, and the report files."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from pipeline.cli import StageError, stage_main
+from pipeline.config import Params, load_params
+from pipeline.data.arrays import Dataset, Split, save_dataset
+from pipeline.tuning.report import TRIAL_COLUMNS, write_report
+from pipeline.tuning.runs import PARENT_ATTR, PARENT_RUN_TAG, RUN_ATTR, STATE_TAG
+from pipeline.tuning.space import BASELINE_ATTR, LAMBDA_ATTR, study_name
+from pipeline.tuning.storage import open_storage
+from pipeline.tuning.study import WORKER_ATTR
+from pipeline.tuning.worker import run_tuning
+from stages.tune import body as tune_body
+
+REPO = Path(__file__).resolve().parents[1]
+N_TRIALS = 3
+EPOCHS = 2
+
+
+def _split(n: int, seed: int) -> Split:
+    # Four classes that differ in brightness and in which half of the image is lit: learnable signal.
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 4
+    images = rng.integers(0, 60, (n, 8, 8, 1)).astype(np.int64)
+    for i, c in enumerate(labels):
+        rows = slice(0, 4) if c % 2 else slice(4, 8)
+        images[i, rows] += 60 + 60 * (c // 2)
+    return Split(images.clip(0, 255).astype(np.uint8), labels)
+
+
+def _params_dict(tmp_path: Path, **tune: object) -> dict:
+    return {
+        "seed": 0,
+        "tracking": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "tune-test",
+                     "artifact_root": str(tmp_path / "mlartifacts")},
+        "prepare": {"out_dir": "data/prepared"},
+        "pretrain": {"backbone": {"name": "small", "width": 4}, "head": {"hidden_dims": [16], "out_dim": 8},
+                     "batch_size": 32, "epochs": EPOCHS, "device": "cpu", "num_threads": 1,
+                     "optim": {"warmup_epochs": 0}},
+        "evaluate": {"val_fraction": 0.25, "batch_size": 64, "knn_k": [3],
+                     "probe": {"epochs": 3, "batch_size": 32, "weight_decays": [0.0]}},
+        "tune": {"storage": f"sqlite:///{tmp_path / 'optuna.db'}", "n_trials": N_TRIALS, "epochs": EPOCHS,
+                 "eval_every": 1, "pruner": "none", "lambda_low": 1e-4, "lambda_high": 1e-1, **tune},
+    }
+
+
+def write_params(tmp_path: Path, **tune: object) -> Params:
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(_params_dict(tmp_path, **tune)))
+    return load_params(tmp_path / "params.yaml")
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    for var in ("MLFLOW_TRACKING_URI", "OPTUNA_STORAGE"):
+        monkeypatch.delenv(var, raising=False)
+    torch.set_num_threads(1)
+    save_dataset(Dataset(_split(96, 0), _split(32, 1), ["a", "b", "c", "d"], "synthetic"), "data/prepared")
+    return tmp_path
+
+
+def _load_study(params: Params) -> optuna.Study:
+    sha = json.loads(Path("data/prepared/manifest.json").read_text())["dataset_sha256"]
+    return optuna.load_study(study_name=study_name(params, sha), storage=open_storage(params.tune.storage))
+
+
+def _child_runs(params: Params, parent_id: str) -> list:
+    client = MlflowClient(tracking_uri=params.tracking.tracking_uri)
+    exp = client.get_experiment_by_name(params.tracking.experiment)
+    return client.search_runs([exp.experiment_id], f"tags.{PARENT_RUN_TAG} = '{parent_id}'")
+
+
+def test_study_leaves_trials_nested_runs_baseline_and_report(workdir):
+    params = write_params(workdir)
+    outcome = run_tuning(params, progress=False)
+    best, metrics = write_report(outcome, params)
+
+    study = _load_study(params)
+    trials = study.get_trials()
+    assert [t.number for t in trials] == list(range(N_TRIALS))
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    base = trials[0]  # enqueued first
+    assert base.user_attrs[BASELINE_ATTR] is True and base.user_attrs[LAMBDA_ATTR] == 0.0 and base.params == {}
+    for t in trials[1:]:
+        assert 1e-4 <= t.params["lambda"] <= 1e-1 and t.user_attrs[LAMBDA_ATTR] == t.params["lambda"]
+        assert sorted(t.intermediate_values) == [1, 2]  # eval_every 1: a kNN report per epoch
+    assert study.user_attrs[PARENT_ATTR] == outcome.parent_run_id
+
+    client = MlflowClient(tracking_uri=params.tracking.tracking_uri)
+    parent = client.get_run(outcome.parent_run_id)
+    assert parent.data.tags["stage"] == "tune" and parent.info.status == "FINISHED"
+    assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
+    children = {r.info.run_id: r for r in _child_runs(params, outcome.parent_run_id)}
+    assert set(children) == {t.user_attrs[RUN_ATTR] for t in trials}
+    for t in trials:
+        run = children[t.user_attrs[RUN_ATTR]]
+        assert run.info.status == "FINISHED" and run.data.tags[STATE_TAG] == "COMPLETE"
+        assert float(run.data.params["lambda"]) == t.user_attrs[LAMBDA_ATTR]
+        assert run.data.metrics["objective_value"] == pytest.approx(t.value)
+        history = client.get_metric_history(run.info.run_id, "loss_total")
+        assert [m.step for m in history] == [1, 2]
+    artifacts = {Path(a.path).name for a in client.list_artifacts(outcome.parent_run_id, "tune")}
+    assert {"trials.csv", "history.png", "lambda.png", "best_params.json", "tune.json"} <= artifacts
+
+    # best_params.json is study.best_trial, in the terms the final stage reads.
+    on_disk = json.loads(Path("best_params.json").read_text())
+    assert on_disk == best
+    assert on_disk["trial"] == study.best_trial.number and on_disk["value"] == study.best_value
+    assert on_disk["lambda"] == study.best_trial.user_attrs[LAMBDA_ATTR]
+    assert on_disk["baseline"] == (study.best_trial.number == 0) and on_disk["study"] == study.study_name
+    tune = json.loads(Path("metrics/tune.json").read_text())
+    assert tune == metrics
+    assert tune["baseline_value"] == base.value and tune["gap"] == pytest.approx(study.best_value - base.value)
+    assert (tune["trials"], tune["trials_complete"], tune["trials_pruned"], tune["trials_failed"]) == (3, 3, 0, 0)
+    rows = Path("plots/tune/trials.csv").read_text().splitlines()
+    assert rows[0].split(",") == list(TRIAL_COLUMNS) and len(rows) == 1 + N_TRIALS
+    for png in ("history.png", "lambda.png"):
+        assert Path("plots/tune", png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rerun_continues_the_study_and_a_new_space_is_a_new_study(workdir):
+    params = write_params(workdir, n_trials=2)
+    first = run_tuning(params, progress=False)
+    assert first.ran == 2
+    again = run_tuning(params, progress=False)  # budget used up: nothing to do
+    assert again.ran == 0 and again.parent_run_id == first.parent_run_id
+
+    more = write_params(workdir, n_trials=4)
+    outcome = run_tuning(more, progress=False)
+    assert outcome.ran == 2 and outcome.study.study_name == first.study.study_name
+    assert outcome.parent_run_id == first.parent_run_id
+    trials = _load_study(more).get_trials()
+    assert [t.number for t in trials] == [0, 1, 2, 3]
+    assert sum(bool(t.user_attrs.get(BASELINE_ATTR)) for t in trials) == 1
+    assert len(_child_runs(more, first.parent_run_id)) == 4
+
+    other = write_params(workdir, n_trials=1, lambda_high=0.5)
+    assert study_name(other, "x") != study_name(more, "x")
+    assert study_name(write_params(workdir, n_trials=9), "x") == study_name(more, "x")
+
+
+def test_reproducible_given_seed_and_storage(workdir, tmp_path_factory):
+    a = run_tuning(write_params(workdir), progress=False)
+    lambdas_a = [t.params.get("lambda") for t in a.study.get_trials()]
+    other = tmp_path_factory.mktemp("other")
+    params_b = Params.model_validate({**_params_dict(workdir), "tune": {
+        **_params_dict(workdir)["tune"], "storage": f"sqlite:///{other / 'optuna.db'}"}})
+    b = run_tuning(params_b, progress=False)
+    assert [t.params.get("lambda") for t in b.study.get_trials()] == lambdas_a
+    assert [t.value for t in b.study.get_trials()] == [t.value for t in a.study.get_trials()]
+
+
+def test_an_aggressive_pruner_prunes_every_trial_but_the_baseline(workdir):
+    params = write_params(workdir)
+    # Every report below 2.0 (every accuracy) is "bad": each non-baseline trial stops at its first report.
+    outcome = run_tuning(params, progress=False, pruner=optuna.pruners.ThresholdPruner(lower=2.0))
+    trials = outcome.study.get_trials()
+    assert trials[0].state == TrialState.COMPLETE  # the baseline is never pruned
+    assert [t.state for t in trials[1:]] == [TrialState.PRUNED] * (N_TRIALS - 1)
+    assert all(sorted(t.intermediate_values) == [1] for t in trials[1:])
+    by_id = {r.info.run_id: r for r in _child_runs(params, outcome.parent_run_id)}
+    for t in trials[1:]:
+        run = by_id[t.user_attrs[RUN_ATTR]]
+        assert run.info.status == "KILLED" and run.data.tags[STATE_TAG] == "PRUNED"
+    _, metrics = write_report(outcome, params)
+    assert (metrics["trials_complete"], metrics["trials_pruned"]) == (1, N_TRIALS - 1)
+    assert metrics["gap"] == 0.0  # only the baseline completed: it is the best
+
+
+def test_failed_trials_are_recorded_stop_the_worker_and_are_redone(workdir, monkeypatch):
+    params = write_params(workdir, max_failed_trials=2)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated out-of-memory")
+
+    monkeypatch.setattr("pipeline.tuning.objective.train", broken)
+    with pytest.raises(StageError, match="2 trials failed in a row"):
+        run_tuning(params, progress=False)
+    study = _load_study(params)
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL] * 2
+    client = MlflowClient(tracking_uri=params.tracking.tracking_uri)
+    for t in study.get_trials():
+        run = client.get_run(t.user_attrs[RUN_ATTR])
+        assert run.info.status == "FAILED" and "simulated out-of-memory" in run.data.tags["error"]
+
+    monkeypatch.undo()
+    monkeypatch.chdir(workdir)
+    outcome = run_tuning(params, progress=False)  # failed trials do not use the budget; the baseline is redone
+    counts = outcome.counts
+    assert (counts.complete, counts.failed) == (N_TRIALS, 2)
+    assert sum(bool(t.user_attrs.get(BASELINE_ATTR)) and t.state == TrialState.COMPLETE
+               for t in outcome.study.get_trials()) == 1
+
+
+def test_a_trial_whose_worker_died_is_failed_and_redone(workdir):
+    params = write_params(workdir, n_trials=2)
+    sha = json.loads(Path("data/prepared/manifest.json").read_text())["dataset_sha256"]
+    study = optuna.create_study(study_name=study_name(params, sha), storage=open_storage(params.tune.storage),
+                                direction="maximize")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = study.ask()
+    orphan.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{int(dead.stdout)}")
+    outcome = run_tuning(params, progress=False)
+    states = {t.number: t.state for t in outcome.study.get_trials()}
+    assert states[orphan.number] == TrialState.FAIL
+    assert outcome.counts.complete == 2 and outcome.counts.running == 0
+
+
+def test_stage_writes_outputs_and_rejects_a_bad_range(workdir, capsys):
+    write_params(workdir, n_trials=2)
+    assert stage_main("tune", tune_body, argv=["--params", "params.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert "best is trial" in out and "baseline" in out
+    assert Path("best_params.json").exists() and Path("metrics/tune.json").exists()
+    before = Path("best_params.json").read_text()
+
+    write_params(workdir, lambda_low=0.5, lambda_high=0.1)
+    assert stage_main("tune", tune_body, argv=["--params", "params.yaml"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["tune: error: tune.lambda_low (0.5) must be below tune.lambda_high (0.1)"]
+    assert Path("best_params.json").read_text() == before
+
+
+def test_two_processes_share_one_journal_study(workdir):
+    n = 4
+    params = write_params(workdir, n_trials=n, storage=f"journal:{workdir / 'optuna.journal'}")
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "OPTUNA_STORAGE")}
+    env["PYTHONPATH"] = str(REPO)
+    procs = [subprocess.Popen([sys.executable, "-m", "stages.tune", "--params", "params.yaml"], cwd=workdir,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-2000:]
+
+    study = _load_study(params)
+    trials = study.get_trials()
+    assert [t.number for t in trials] == list(range(n))  # exactly the budget: no trial lost, none extra
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert sum(bool(t.user_attrs.get(BASELINE_ATTR)) for t in trials) == 1
+    assert len({t.user_attrs[WORKER_ATTR] for t in trials}) in (1, 2)
+    children = _child_runs(params, study.user_attrs[PARENT_ATTR])
+    assert sorted(r.info.run_id for r in children) == sorted(t.user_attrs[RUN_ATTR] for t in trials)
+    assert all(r.info.status == "FINISHED" for r in children)
