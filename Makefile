@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test lint serve bench clean-outputs
+.PHONY: setup run cifar10 test lint serve bench
 
 # pip takes torch==2.14.1 / torchvision==0.29.1 from this machine's disk; the stamp re-runs the install
 # only when pyproject.toml changes.
@@ -20,7 +20,20 @@ setup: $(STAMP)
 # DVC runs each stage's `python -m stages.X` through the shell: the venv must come first on PATH.
 run: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
-	@PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc metrics show
+	@$(BIN)/python -m pipeline.summary
+
+# The CIFAR-10 GPU recipe as one DVC experiment (downloads the archive once into data/raw/): ResNet-18
+# with the CIFAR stem, batch 512, 200 epochs, temperature 0.2, projector 512-2048-128, LARS.
+CIFAR10 := -S prepare.source=cifar10 -S prepare.download=true \
+	-S pretrain.backbone.name=resnet18 -S 'pretrain.head.hidden_dims=[2048]' -S pretrain.head.out_dim=128 \
+	-S pretrain.batch_size=512 -S pretrain.epochs=200 -S pretrain.ssl.temperature=0.2 \
+	-S pretrain.optim.name=lars -S pretrain.optim.lr=0.5 -S pretrain.optim.weight_decay=0.000001 \
+	-S pretrain.optim.warmup_epochs=10 -S 'pretrain.augment.crop_scale=[0.08,1.0]' \
+	-S pretrain.augment.hflip_prob=0.5 -S tune.epochs=30 -S tune.eval_every=10 -S tune.pruner_warmup_steps=10
+
+cifar10: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc exp run $(CIFAR10)
+	@$(BIN)/python -m pipeline.summary
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -81,7 +81,7 @@ class PretrainConfig(_Section):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     image_size: int | None = None  # model input side; None keeps the data set's own
-    epochs: int = Field(30, gt=0)
+    epochs: int = Field(100, gt=0)
     batch_size: int = Field(256, gt=1)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on the CPU
@@ -111,16 +111,16 @@ class EvaluateConfig(_Section):
 class TuneConfig(_Section):
     study_name: str = "sparsehead-lambda"
     storage: str = "sqlite:///optuna.db"  # OPTUNA_STORAGE overrides; journal:<path> for a file journal
-    n_trials: int = Field(6, ge=1)
+    n_trials: int = Field(8, ge=1)
     timeout_s: float | None = None
     lambda_low: float = Field(1e-5, gt=0.0)
     lambda_high: float = Field(1e-1, gt=0.0)
     forms: list[Literal["l1", "group", "activation"]] = Field(default_factory=lambda: ["l1"])
-    epochs: int = Field(8, gt=0)  # the reduced budget of one trial
+    epochs: int = Field(20, gt=0)  # the reduced budget of one trial
     objective: Literal["knn", "linear"] = "knn"
-    eval_every: int = Field(2, gt=0)  # epochs between the intermediate kNN reports that feed the pruner
+    eval_every: int = Field(5, gt=0)  # epochs between the intermediate kNN reports that feed the pruner
     pruner: Literal["median", "hyperband", "none"] = "median"
-    pruner_warmup_steps: int = Field(2, ge=0)
+    pruner_warmup_steps: int = Field(5, ge=0)
     pruner_startup_trials: int = Field(2, ge=0)  # median: completed trials before it prunes (baseline included)
     sampler: Literal["tpe", "random"] = "tpe"
     seed: int = 0
@@ -154,7 +154,7 @@ class ServeConfig(_Section):
     max_image_bytes: int = Field(8 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(16_000_000, gt=0)
     max_batch_size: int = Field(64, gt=0)
-    max_wait_ms: float = Field(5.0, ge=0.0)
+    max_wait_ms: float = Field(0.0, ge=0.0)  # 0: no waiting for stragglers; batches form while a pass runs
     max_queue_images: int = Field(1024, gt=0)
     workers: int = Field(1, gt=0)  # threads doing torch work off the event loop
     reload_poll_s: float | None = None

@@ -1,0 +1,73 @@
+"""``python -m pipeline.summary``: the pipeline's key figures from its metrics files, in a few lines.
+
+``dvc metrics show`` lists every key of every stage (a table hundreds of columns wide); this is what a
+person wants after ``make run``. Missing files (a stage not run yet) are skipped.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from pipeline.config import ConfigError, Params, load_params
+from pipeline.io import read_json
+
+
+def _read(path: str | Path) -> dict:
+    path = Path(path)
+    return read_json(path) if path.exists() else {}
+
+
+def _f(m: dict, key: str, spec: str = ".3f") -> str:
+    v = m.get(key)
+    return "n/a" if v is None else format(v, spec)
+
+
+def _model_line(name: str, m: dict, knn_k: int) -> str:
+    split = "test" if "test_linear_top1" in m else "val"
+    lin, knn = f"{split}_linear_top1", f"{split}_knn{knn_k}_top1"
+    return (f"{name:9s} {split} linear {_f(m, lin)} (random init {_f(m, 'random_' + lin)}), kNN@{knn_k} "
+            f"{_f(m, knn)} (random {_f(m, 'random_' + knn)}); RankMe h {_f(m, 'rankme', '.1f')} "
+            f"z {_f(m, 'rankme_z', '.1f')}; head sparsity {_f(m, 'head_sparsity')}")
+
+
+def summarise(params: Params) -> list[str]:
+    k = min(params.evaluate.knn_k)
+    lines = []
+    pre, ev = _read("metrics/pretrain.json"), _read(params.evaluate.out_metrics)
+    if pre:
+        lines.append(f"pretrain  lambda {params.pretrain.sparsehead.lam:g} ({params.pretrain.sparsehead.form}): "
+                     f"loss {_f(pre, 'loss_total', '.4f')}, {_f(pre, 'img_per_s', '.0f')} img/s")
+    if ev:
+        lines.append(_model_line("evaluate", ev, k))
+    tune, best = _read(params.tune.out_metrics), _read(params.tune.best_params)
+    if tune and best:
+        who = "baseline (lambda 0)" if best.get("baseline") else f"lambda {best['lambda']:.3g} ({best['form']})"
+        lines.append(f"tune      best {who}: val {best['objective']} {_f(tune, 'best_value', '.4f')} vs baseline "
+                     f"{_f(tune, 'baseline_value', '.4f')} (gap {_f(tune, 'gap', '+.4f')}); "
+                     f"{_f(tune, 'trials_complete', '.0f')} complete, {_f(tune, 'trials_pruned', '.0f')} pruned, "
+                     f"{_f(tune, 'trials_failed', '.0f')} failed")
+    final = _read(params.final.out_metrics)
+    if final:
+        lines.append(_model_line("final", final, k))
+    reg = _read(params.registry.out_info)
+    if reg:
+        state = f"@{reg['alias']}" if reg.get("promoted") else f"not promoted (@{reg['alias']} kept)"
+        lines.append(f"register  {reg['model_name']} version {reg['version']}, {reg['metric']} "
+                     f"{_f(reg, 'value', '.4f')}: {state}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    path = (argv if argv is not None else sys.argv[1:]) or ["params.yaml"]
+    try:
+        params = load_params(path[0])
+    except ConfigError as exc:
+        print(f"summary: error: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(summarise(params)) or "summary: no metrics yet (run `make run`)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

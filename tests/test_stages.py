@@ -1,0 +1,193 @@
+"""The final and register stages, and the whole DVC pipeline: `dvc repro` end to end, then nothing to do."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+
+from pipeline.cli import stage_main
+from pipeline.config import load_params
+from pipeline.data.arrays import Dataset, Split, load_split, save_dataset
+from pipeline.evaluation import extract_features
+from pipeline.final import read_best_params
+from pipeline.models import load_encoder
+from pipeline.registry import OUTCOME_TAG, load_registered
+from stages.final import body as final_body
+from stages.register import body as register_body
+
+REPO = Path(__file__).resolve().parents[1]
+NAME = "test-encoder"
+
+
+def _split(n: int, seed: int) -> Split:
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 4
+    images = rng.integers(0, 60, (n, 8, 8, 1)).astype(np.int64)
+    for i, c in enumerate(labels):
+        images[i, slice(0, 4) if c % 2 else slice(4, 8)] += 60 + 60 * (c // 2)
+    return Split(images.clip(0, 255).astype(np.uint8), labels)
+
+
+def tiny_params(tmp_path: Path) -> dict:
+    return {
+        "seed": 0,
+        "tracking": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "stages-test",
+                     "artifact_root": str(tmp_path / "mlartifacts")},
+        "pretrain": {"backbone": {"name": "small", "width": 4}, "head": {"hidden_dims": [16], "out_dim": 8},
+                     "batch_size": 32, "epochs": 2, "device": "cpu", "num_threads": 1,
+                     "optim": {"warmup_epochs": 0}},
+        "evaluate": {"val_fraction": 0.25, "batch_size": 64, "knn_k": [3], "random_baseline": False,
+                     "probe": {"epochs": 3, "batch_size": 32, "weight_decays": [0.0]}},
+        "tune": {"storage": f"sqlite:///{tmp_path / 'optuna.db'}", "n_trials": 2, "epochs": 2, "eval_every": 1},
+        "register": {"model_name": NAME},
+    }
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    for var in ("MLFLOW_TRACKING_URI", "OPTUNA_STORAGE"):
+        monkeypatch.delenv(var, raising=False)
+    torch.set_num_threads(1)
+    save_dataset(Dataset(_split(96, 0), _split(32, 1), ["a", "b", "c", "d"], "synthetic"), "data/prepared")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(tmp_path)))
+    return tmp_path
+
+
+def _best(path: Path, lam: float, **extra: object) -> None:
+    path.write_text(json.dumps({"lambda": lam, "form": "l1", "baseline": lam == 0, "study": "s", "trial": 1,
+                                "value": 0.5, **extra}))
+
+
+def test_final_trains_the_best_lambda_and_register_promotes_only_a_better_model(workdir, capsys):
+    _best(workdir / "best_params.json", 0.003)
+    assert stage_main("final", final_body, argv=[]) == 0
+    assert "lambda 0.003" in capsys.readouterr().out
+    encoder, extra = load_encoder("models/final/encoder.pt")
+    assert extra["sparsehead"] == {"form": "l1", "lambda": 0.003} and extra["epochs"] == 2
+    metrics = json.loads(Path("metrics/final.json").read_text())
+    assert 0.0 <= metrics["val_linear_top1"] <= 1.0 and "test_linear_top1" in metrics
+    assert Path("metrics/final_train.json").exists() and Path("plots/final/confusion.csv").exists()
+
+    params = load_params("params.yaml")
+    client = MlflowClient(tracking_uri=params.tracking.tracking_uri)
+    run_id = Path("models/final/run_id").read_text().strip()
+    run = client.get_run(run_id)
+    assert run.data.tags["stage"] == "final" and run.data.tags["sparsehead.lambda"] == "0.003"
+    assert run.data.metrics["val_linear_top1"] == pytest.approx(metrics["val_linear_top1"])  # eval, same run
+
+    assert stage_main("register", register_body, argv=[]) == 0
+    assert "now @champion" in capsys.readouterr().out
+    record = json.loads(Path("metrics/register.json").read_text())
+    assert (record["version"], record["promoted"], record["champion_version_before"]) == (1, 1, None)
+    mv = client.get_model_version_by_alias(NAME, "champion")
+    assert str(mv.version) == "1" and mv.run_id == run_id
+    assert mv.tags["lambda"] == "0.003" and mv.tags["form"] == "l1" and mv.tags["dataset"] == "synthetic"
+    assert mv.tags["dataset_sha256"] == extra["dataset_sha256"] and mv.tags["git_commit"]
+    assert float(mv.tags["metric.val_linear_top1"]) == pytest.approx(metrics["val_linear_top1"])
+
+    # The champion gives the embeddings of the checkpoint it came from, through the evaluation code.
+    loaded = load_registered(f"models:/{NAME}@champion")
+    images = load_split("data/prepared", "test").images
+    want, got = extract_features(encoder, images), extract_features(loaded.encoder, images)
+    assert torch.allclose(want.h, got.h, atol=1e-6) and torch.allclose(want.z, got.z, atol=1e-6)
+
+    # A challenger that is no better: registered with its numbers, the alias stays.
+    worse = {**metrics, "val_linear_top1": metrics["val_linear_top1"] - 0.25}
+    Path("metrics/final.json").write_text(json.dumps(worse))
+    assert stage_main("register", register_body, argv=[]) == 0
+    assert "stays on version 1" in capsys.readouterr().out
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
+    v2 = client.get_model_version(NAME, "2")
+    assert v2.tags[OUTCOME_TAG] == "lost" and float(v2.tags["metric.val_linear_top1"]) == worse["val_linear_top1"]
+    assert json.loads(Path("metrics/register.json").read_text())["promoted"] == 0
+
+
+def test_final_and_register_fail_with_one_line_on_bad_input(workdir, capsys):
+    assert stage_main("final", final_body, argv=[]) == 2
+    assert capsys.readouterr().err.strip() == "final: error: best_params.json: best params not found (run the tune stage first)"
+    _best(workdir / "best_params.json", -1.0)
+    with pytest.raises(ValueError, match="'lambda' must be a number >= 0"):
+        read_best_params("best_params.json")
+    Path("best_params.json").write_text("{not json")
+    assert stage_main("final", final_body, argv=[]) == 2
+    assert "best_params.json: not valid JSON" in capsys.readouterr().err
+    assert stage_main("register", register_body, argv=[]) == 2
+    assert "models/final/run_id: run id file not found" in capsys.readouterr().err
+    assert not Path("metrics/register.json").exists()
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+def _dvc(cwd: Path, *args: str, env: dict[str, str]) -> str:
+    proc = subprocess.run([str(Path(sys.executable).with_name("dvc")), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"dvc {' '.join(args)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def test_dvc_repro_runs_every_stage_then_has_nothing_to_do(tmp_path):
+    """The real dvc.yaml on a copy of the repository, with small params: all six stages, then a no-op."""
+    work = tmp_path / "repo"
+    work.mkdir()
+    for name in ("dvc.yaml", "pipeline", "stages", ".dvcignore"):
+        src = REPO / name
+        (shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__"))
+         if src.is_dir() else shutil.copy(src, work / name))
+    # The repository's params.yaml (DVC needs every key it names) with the small budget on top.
+    tiny = tiny_params(work)
+    tiny["tracking"] = {"experiment": "dvc-e2e"}  # the embedded defaults: sqlite:///mlflow.db, mlartifacts/
+    tiny["tune"] = {**tiny["tune"], "storage": "sqlite:///optuna.db"}
+    tiny["evaluate"]["random_baseline"] = True
+    params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), tiny)
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "OPTUNA_STORAGE")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = str(work)
+    subprocess.run(["git", "init", "-q"], cwd=work, check=True)
+    _dvc(work, "init", "-q", env=env)
+    _dvc(work, "config", "core.analytics", "false", env=env)
+
+    out = _dvc(work, "repro", env=env)
+    for stage in ("prepare", "pretrain", "evaluate", "tune", "final", "register"):
+        assert f"Running stage '{stage}'" in out
+    for path in ("data/prepared/manifest.json", "models/pretrain/encoder.pt", "metrics/eval.json",
+                 "best_params.json", "metrics/tune.json", "models/final/encoder.pt", "metrics/final.json",
+                 "metrics/register.json", "dvc.lock", "mlflow.db", "optuna.db"):
+        assert (work / path).exists(), path
+    assert json.loads((work / "metrics/register.json").read_text())["version"] == 1
+
+    again = _dvc(work, "repro", env=env)
+    assert "Running stage" not in again and "up to date" in again
+    assert "changed" not in _dvc(work, "status", env=env)
+    shown = _dvc(work, "metrics", "show", "--json", env=env)
+    assert "test_linear_top1" in shown and "best_value" in shown
+
+    # The registered champion loads in a fresh process without this repository's code.
+    script = textwrap.dedent(f"""
+        import mlflow, numpy as np
+        m = mlflow.pyfunc.load_model("models:/{NAME}@champion")
+        print(m.predict(np.zeros((2, 1, 8, 8), dtype=np.float32)).shape)
+    """)
+    clean = {k: v for k, v in env.items() if k != "PYTHONPATH"}
+    clean["MLFLOW_TRACKING_URI"] = "sqlite:///mlflow.db"
+    proc = subprocess.run([sys.executable, "-c", script], cwd=work, env=clean, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().endswith("(2, 16)")
