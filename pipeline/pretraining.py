@@ -44,8 +44,9 @@ def pretrain_and_log(params: Params, cfg: PretrainConfig, out_dir: str | Path, *
     images = load_split(data_dir, "train").images
     dist = DistContext.from_env()
     if not dist.is_main:
-        # Under torchrun only rank 0 records; the other ranks contribute their gradients and stop.
-        result = train(cfg, images, seed=params.seed, out_dir=None, progress=False, dist=dist)
+        # Under torchrun only rank 0 records; the other ranks contribute their gradients and stop. They
+        # read the same checkpoint as rank 0 (only rank 0 writes it), so a resumed run stays in step.
+        result = train(cfg, images, seed=params.seed, out_dir=out_dir, progress=False, dist=dist)
         return PretrainOutcome("", result, out_dir / ENCODER_FILE)
 
     # A checkpoint of the same params and data means an interrupted run: continue it and its MLflow run.

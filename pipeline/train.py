@@ -85,9 +85,9 @@ def read_checkpoint_meta(path: str | Path) -> dict | None:
     return {"fingerprint": state.get("fingerprint"), "epoch": state.get("epoch", 0), "meta": state.get("meta", {})}
 
 
-def _epoch_generator(device: torch.device, seed: int, epoch: int) -> torch.Generator:
+def _epoch_generator(device: torch.device, seed: int, epoch: int, rank: int = 0) -> torch.Generator:
     g = torch.Generator(device=device)
-    g.manual_seed(seed * 1_000_003 + epoch)
+    g.manual_seed(seed * 1_000_003 + epoch + rank * 7_919_993)
     return g
 
 
@@ -149,7 +149,9 @@ def train(cfg: PretrainConfig, images: np.ndarray, *, seed: int = 0, out_dir: st
     for epoch in bar:
         encoder.train()
         g = _epoch_generator(device, seed, epoch)
-        perm = torch.randperm(n, generator=g, device=device)
+        perm = torch.randperm(n, generator=g, device=device)  # the same on every rank: each takes its slice
+        # Augmentations differ between ranks; on rank 0 (and in one process) they continue g's stream.
+        g_aug = g if dist.rank == 0 else _epoch_generator(device, seed, epoch, dist.rank)
         sums = torch.zeros(3, device=device)  # loss_total, loss_ssl, sparse_reg, summed without syncs
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -157,7 +159,7 @@ def train(cfg: PretrainConfig, images: np.ndarray, *, seed: int = 0, out_dir: st
         for step in range(steps_per_epoch):
             lo = (step * dist.world_size + dist.rank) * batch_size
             x = to_model_input(data[perm[lo:lo + batch_size]])
-            v1, v2 = augment(x, g), augment(x, g)
+            v1, v2 = augment(x, g_aug), augment(x, g_aug)
             if channels_last:
                 v1 = v1.contiguous(memory_format=torch.channels_last)
                 v2 = v2.contiguous(memory_format=torch.channels_last)
