@@ -45,6 +45,10 @@ lint: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/python -m service
 
+# Figures, not pass/fail: training and augmentation img/s, evaluation seconds, the service against
+# `mlflow models serve` (needs a registered champion: `make run` first).
 bench: $(STAMP)
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/augment.py
+	$(BIN)/python bench/evaluate.py
+	$(BIN)/python bench/serve.py --seconds 5

@@ -6,6 +6,10 @@ size, and runs one forward pass in a bounded thread pool (``workers`` threads; n
 loop). While every worker is busy, requests keep arriving and the next batch grows, which is what
 makes throughput rise with load. Past ``max_queue_images`` images outstanding a request is refused
 (HTTP 429) instead of queueing without end.
+
+Each request is pinned to the model it was decoded for (its input size and channel count): a batch
+only ever holds requests pinned to one model, so a reload mid-flight neither fails nor mixes versions;
+requests already queued finish on the version they started with.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ class BatchOutput:
 @dataclass
 class _Pending:
     images: np.ndarray
+    model: ServedModel
     future: asyncio.Future
     enqueued: float
 
@@ -81,22 +86,25 @@ class MicroBatcher:
             p = self._queue.popleft()
             if not p.future.done():
                 p.future.set_exception(NotReady("the service is shutting down"))
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        # Off the loop: a forward pass still running must not freeze the shutdown of everything else.
+        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
 
     @property
     def outstanding_images(self) -> int:
         return self._outstanding
 
-    async def submit(self, images: np.ndarray) -> BatchOutput:
-        """Embed uint8 (N, S, S, C) images; returns both layers for this request's rows."""
+    async def submit(self, images: np.ndarray, model: ServedModel | None = None) -> BatchOutput:
+        """Embed uint8 (N, S, S, C) images with ``model`` (the one they were decoded for; default: the
+        current one); returns both layers for this request's rows."""
         n = len(images)
-        if self._model() is None:
+        model = model if model is not None else self._model()
+        if model is None:
             raise NotReady("the model is not loaded yet")
         if self._outstanding + n > self.max_queue_images:
-            raise QueueFull(f"{self._outstanding} images are already waiting (limit {self.max_queue_images}); "
-                            "retry later")
+            raise QueueFull(f"{self._outstanding} images are already waiting and this request adds {n} "
+                            f"(limit {self.max_queue_images}); retry later")
         future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(images, future, time.perf_counter()))
+        self._queue.append(_Pending(images, model, future, time.perf_counter()))
         self._queued_images += n
         self._add_outstanding(n)
         self._arrived.set()
@@ -138,12 +146,13 @@ class MicroBatcher:
             task.add_done_callback(self._running.discard)
 
     def _take(self) -> list[_Pending]:
-        """Whole requests from the front, up to max_batch_size images (always at least one request)."""
+        """Whole requests from the front, up to max_batch_size images (always at least one request), all
+        pinned to the same model."""
         batch: list[_Pending] = []
         size = 0
         while self._queue:
             n = len(self._queue[0].images)
-            if batch and size + n > self.max_batch_size:
+            if batch and (size + n > self.max_batch_size or self._queue[0].model is not batch[0].model):
                 break
             p = self._queue.popleft()
             self._queued_images -= n
@@ -159,9 +168,7 @@ class MicroBatcher:
         try:
             if not batch:
                 return
-            model = self._model()  # one snapshot for the whole batch
-            if model is None:
-                raise NotReady("the model is not loaded yet")
+            model = batch[0].model
             started = time.perf_counter()
             images = batch[0].images if len(batch) == 1 else np.concatenate([p.images for p in batch])
             loop = asyncio.get_running_loop()

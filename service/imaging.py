@@ -21,6 +21,15 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.data.preprocess import InputSpec, fit_image
 
+# Raster formats PIL decodes by itself. Never the PostScript family: PIL hands EPS to Ghostscript.
+FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "TGA", "ICO", "DIB")
+_WHITESPACE = str.maketrans("", "", " \t\r\n")
+
+# PIL warns (and past twice its own limit raises) on huge images; our own, lower, limit is checked right
+# after the header is read. A module-level filter, because catch_warnings() is not thread-safe and
+# decoding runs in threads.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
 
 class ImageError(ValueError):
     """A bad image in a request; ``status`` is the HTTP status it maps to."""
@@ -57,7 +66,7 @@ def decode_base64(text: str, index: int, limits: ImageLimits) -> bytes:
         _, sep, text = text.partition(",")
         if not sep:
             raise ImageError(index, "data URL without a ',' before its payload")
-    text = text.strip()
+    text = text.translate(_WHITESPACE)  # MIME base64 wraps lines; validate=True would refuse them
     # Every 4 base64 characters carry 3 bytes: refuse an oversized payload before decoding it.
     if len(text) // 4 * 3 > limits.max_bytes + 3:
         raise ImageTooLarge(index, f"larger than the limit of {limits.max_bytes} bytes")
@@ -94,29 +103,31 @@ def decode_file(data: bytes, index: int, spec: InputSpec, limits: ImageLimits) -
     """An encoded image file -> uint8 (S, S, C) for ``spec``."""
     if len(data) > limits.max_bytes:
         raise ImageTooLarge(index, f"{len(data)} bytes is over the limit of {limits.max_bytes} bytes")
+    if not data:
+        raise ImageError(index, "empty")
     try:
-        with warnings.catch_warnings():
-            # PIL warns (and past twice its own limit raises) on huge images; our limit is checked below.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            w, h = img.size
-            if w * h > limits.max_pixels:
-                raise ImageTooLarge(index, f"{w}x{h} = {w * h} pixels is over the limit of "
-                                           f"{limits.max_pixels} pixels")
-            if w < 1 or h < 1:
-                raise ImageError(index, f"empty image ({w}x{h})")
-            img.load()
-            # A phone photo stores its rotation in EXIF; show the model what the user sees.
-            img = ImageOps.exif_transpose(img)
-            arr = _to_uint8_array(img)
+        img = Image.open(io.BytesIO(data), formats=FORMATS)  # reads the header only
+        w, h = img.size
+        if w * h > limits.max_pixels:
+            raise ImageTooLarge(index, f"{w}x{h} = {w * h} pixels is over the limit of "
+                                       f"{limits.max_pixels} pixels")
+        if w < 1 or h < 1:
+            raise ImageError(index, f"empty image ({w}x{h})")
+        img.load()
+        # A phone photo stores its rotation in EXIF; show the model what the user sees.
+        img = ImageOps.exif_transpose(img)
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageTooLarge(index, str(exc)) from exc
+        raise ImageTooLarge(index, f"over the limit of {limits.max_pixels} pixels ({exc})") from exc
     except UnidentifiedImageError as exc:
-        raise ImageError(index, "not an image format this service can read") from exc
+        raise ImageError(index, f"not an image in a format this service reads ({', '.join(FORMATS)})") from exc
     except (OSError, SyntaxError, ValueError, EOFError, TypeError, struct.error) as exc:
         raise ImageError(index, f"corrupt or truncated image ({exc})") from exc
+    try:
+        arr = _to_uint8_array(img)
+    except (OSError, ValueError) as exc:
+        raise ImageError(index, f"colour mode {img.mode} is not supported ({exc})") from exc
     return _fit(arr, index, spec)
 
 

@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.data.preprocess import to_model_input
 from pipeline.device import resolve_device
 from pipeline.registry import METRIC_TAG_PREFIX, LoadedModel, load_registered
+from service.imaging import FORMATS
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -75,8 +76,8 @@ class ServedModel:
             "dataset": pick("dataset"), "dataset_sha256": pick("dataset_sha256", "sha256"),
             "git_commit": pick("git_commit"),
             "input": {"image_size": self.spec.image_size, "channels": self.spec.channels,
-                      "format": "any PIL-readable image, or raw uint8 [H, W] / [H, W, C]; resized to "
-                                f"{self.spec.image_size}x{self.spec.image_size}x{self.spec.channels}"},
+                      "format": f"an image file ({', '.join(FORMATS)}) or raw uint8 [H, W] / [H, W, C]; "
+                                f"resized to {self.spec.image_size}x{self.spec.image_size}x{self.spec.channels}"},
             "dimensions": self.dimensions,
             "metrics": metrics,
             "tags": dict(tags),
@@ -128,12 +129,20 @@ class ModelStore:
 
     def _resolve_version_blocking(self) -> str | None:
         """The version the URI points at now (None when unknown, e.g. a runs:/ URI)."""
-        if not self.uri.startswith("models:/") or "@" not in self.uri:
+        if not self.uri.startswith("models:/"):
             return None
-        name, alias = self.uri[len("models:/"):].rsplit("@", 1)
-        mlflow.set_registry_uri(self.tracking_uri)
-        return str(MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
-                   .get_model_version_by_alias(name, alias).version)
+        rest = self.uri[len("models:/"):]
+        client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        if "@" in rest:
+            name, alias = rest.rsplit("@", 1)
+            return str(client.get_model_version_by_alias(name, alias).version)
+        name, _, ref = rest.rpartition("/")
+        if ref.isdigit():
+            return ref
+        if name and ref == "latest":
+            versions = client.search_model_versions(f"name='{name}'")
+            return str(max(int(v.version) for v in versions)) if versions else None
+        return None
 
     async def reload(self, force: bool = True) -> ReloadResult:
         """Load the URI's model and swap it in; without ``force``, only when the alias points elsewhere."""

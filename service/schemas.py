@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Layer = Literal["backbone", "projection"]
+EncodingFormat = Literal["float", "base64"]
 
 
 class RawArray(BaseModel):
@@ -24,7 +25,18 @@ class EmbeddingRequest(BaseModel):
         min_length=1, description="base64 of an encoded image file (PNG, JPEG, ...; a data: URL is fine) "
                                   "or a raw uint8 array object")
     layer: Layer = "backbone"
+    normalize: bool = Field(False, description="L2-normalise each embedding")
+    encoding_format: EncodingFormat = Field(
+        "float", description="float: a list of numbers; base64: little-endian float32 bytes, as OpenAI's API")
+
+
+class FormOptions(BaseModel):
+    """The text fields of a multipart/form-data request (the images are its file parts)."""
+
+    model_config = ConfigDict(extra="forbid")
+    layer: Layer = "backbone"
     normalize: bool = False
+    encoding_format: EncodingFormat = "float"
 
 
 class ModelRef(BaseModel):
@@ -36,7 +48,7 @@ class ModelRef(BaseModel):
 class Embedding(BaseModel):
     object: Literal["embedding"] = "embedding"
     index: int
-    embedding: list[float]
+    embedding: list[float] | str
 
 
 class EmbeddingResponse(BaseModel):
@@ -57,3 +69,9 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+class ReloadResponse(BaseModel):
+    changed: bool
+    previous: str | None
+    current: str | None
