@@ -10,7 +10,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -18,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.cli import stage_main
 from pipeline.config import load_params
-from pipeline.data.arrays import Dataset, Split, load_split, save_dataset
+from pipeline.data.arrays import load_split
 from pipeline.evaluation import extract_features
 from pipeline.final import read_best_params
 from pipeline.models import load_encoder
@@ -28,15 +27,6 @@ from stages.register import body as register_body
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "test-encoder"
-
-
-def _split(n: int, seed: int) -> Split:
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % 4
-    images = rng.integers(0, 60, (n, 8, 8, 1)).astype(np.int64)
-    for i, c in enumerate(labels):
-        images[i, slice(0, 4) if c % 2 else slice(4, 8)] += 60 + 60 * (c // 2)
-    return Split(images.clip(0, 255).astype(np.uint8), labels)
 
 
 def tiny_params(tmp_path: Path) -> dict:
@@ -55,14 +45,9 @@ def tiny_params(tmp_path: Path) -> dict:
 
 
 @pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    for var in ("MLFLOW_TRACKING_URI", "OPTUNA_STORAGE"):
-        monkeypatch.delenv(var, raising=False)
-    torch.set_num_threads(1)
-    save_dataset(Dataset(_split(96, 0), _split(32, 1), ["a", "b", "c", "d"], "synthetic"), "data/prepared")
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(tmp_path)))
-    return tmp_path
+def workdir(prepared_dir: Path) -> Path:
+    (prepared_dir / "params.yaml").write_text(yaml.safe_dump(tiny_params(prepared_dir)))
+    return prepared_dir
 
 
 def _best(path: Path, lam: float, **extra: object) -> None:
@@ -178,6 +163,10 @@ def test_dvc_repro_runs_every_stage_then_has_nothing_to_do(tmp_path):
     assert "changed" not in _dvc(work, "status", env=env)
     shown = _dvc(work, "metrics", "show", "--json", env=env)
     assert "test_linear_top1" in shown and "best_value" in shown
+    summary = subprocess.run([sys.executable, "-m", "pipeline.summary"], cwd=work, env=env, capture_output=True,
+                             text=True, check=True).stdout.splitlines()
+    assert [line.split()[0] for line in summary] == ["pretrain", "evaluate", "tune", "final", "register"]
+    assert summary[-1].endswith("@champion")
 
     # The registered champion loads in a fresh process without this repository's code.
     script = textwrap.dedent(f"""

@@ -10,17 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import optuna
 import pytest
-import torch
 import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from pipeline.cli import StageError, stage_main
 from pipeline.config import Params, load_params
-from pipeline.data.arrays import Dataset, Split, save_dataset
 from pipeline.tuning.report import TRIAL_COLUMNS, write_report
 from pipeline.tuning.runs import PARENT_ATTR, PARENT_RUN_TAG, RUN_ATTR, STATE_TAG
 from pipeline.tuning.space import BASELINE_ATTR, LAMBDA_ATTR, study_name
@@ -32,17 +29,6 @@ from stages.tune import body as tune_body
 REPO = Path(__file__).resolve().parents[1]
 N_TRIALS = 3
 EPOCHS = 2
-
-
-def _split(n: int, seed: int) -> Split:
-    # Four classes that differ in brightness and in which half of the image is lit: learnable signal.
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % 4
-    images = rng.integers(0, 60, (n, 8, 8, 1)).astype(np.int64)
-    for i, c in enumerate(labels):
-        rows = slice(0, 4) if c % 2 else slice(4, 8)
-        images[i, rows] += 60 + 60 * (c // 2)
-    return Split(images.clip(0, 255).astype(np.uint8), labels)
 
 
 def _params_dict(tmp_path: Path, **tune: object) -> dict:
@@ -67,13 +53,8 @@ def write_params(tmp_path: Path, **tune: object) -> Params:
 
 
 @pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    for var in ("MLFLOW_TRACKING_URI", "OPTUNA_STORAGE"):
-        monkeypatch.delenv(var, raising=False)
-    torch.set_num_threads(1)
-    save_dataset(Dataset(_split(96, 0), _split(32, 1), ["a", "b", "c", "d"], "synthetic"), "data/prepared")
-    return tmp_path
+def workdir(prepared_dir: Path) -> Path:
+    return prepared_dir
 
 
 def _load_study(params: Params) -> optuna.Study:

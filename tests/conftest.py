@@ -1,0 +1,33 @@
+"""Shared by the stage-level tests: a tiny learnable data set prepared in a clean working folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.data.arrays import Dataset, Split, save_dataset
+
+
+def four_class_split(n: int, seed: int) -> Split:
+    """8x8 grey images of four classes that differ in brightness and in which half is lit."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 4
+    images = rng.integers(0, 60, (n, 8, 8, 1)).astype(np.int64)
+    for i, c in enumerate(labels):
+        images[i, slice(0, 4) if c % 2 else slice(4, 8)] += 60 + 60 * (c // 2)
+    return Split(images.clip(0, 255).astype(np.uint8), labels)
+
+
+@pytest.fixture
+def prepared_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``tmp_path`` as the working folder, holding ``data/prepared``; no tracking or storage overrides."""
+    monkeypatch.chdir(tmp_path)
+    for var in ("MLFLOW_TRACKING_URI", "OPTUNA_STORAGE"):
+        monkeypatch.delenv(var, raising=False)
+    torch.set_num_threads(1)
+    save_dataset(Dataset(four_class_split(96, 0), four_class_split(32, 1), ["a", "b", "c", "d"], "synthetic"),
+                 "data/prepared")
+    return tmp_path
