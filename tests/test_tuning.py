@@ -240,3 +240,13 @@ def test_two_processes_share_one_journal_study(workdir):
     children = _child_runs(params, study.user_attrs[PARENT_ATTR])
     assert sorted(r.info.run_id for r in children) == sorted(t.user_attrs[RUN_ATTR] for t in trials)
     assert all(r.info.status == "FINISHED" for r in children)
+
+
+@pytest.mark.parametrize("pruner", ["median", "hyperband"])
+def test_configured_pruners_run_the_whole_budget(workdir, pruner):
+    params = write_params(workdir, pruner=pruner, pruner_warmup_steps=0, pruner_startup_trials=1)
+    outcome = run_tuning(params, progress=False)
+    trials = outcome.study.get_trials()
+    assert len(trials) == N_TRIALS and trials[0].state == TrialState.COMPLETE
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    assert outcome.counts.finished == N_TRIALS
