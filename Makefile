@@ -23,8 +23,11 @@ run: $(STAMP)
 	@$(BIN)/python -m pipeline.summary
 
 # The CIFAR-10 GPU recipe as one DVC experiment (downloads the archive once into data/raw/): ResNet-18
-# with the CIFAR stem, batch 512, 200 epochs, temperature 0.2, projector 512-2048-128, LARS.
+# with the CIFAR stem, batch 512, 200 epochs, temperature 0.2, projector 512-2048-128, LARS. The l1 form
+# sums |w| over the head's 1.3M weights (2.6e4 at init, 13x the small default head's 2.0e3): lambda and
+# its search range scale down by that much.
 CIFAR10 := -S prepare.source=cifar10 -S prepare.download=true \
+	-S pretrain.sparsehead.lambda=0.0001 -S tune.lambda_low=0.000001 -S tune.lambda_high=0.01 \
 	-S pretrain.backbone.name=resnet18 -S 'pretrain.head.hidden_dims=[2048]' -S pretrain.head.out_dim=128 \
 	-S pretrain.batch_size=512 -S pretrain.epochs=200 -S pretrain.ssl.temperature=0.2 \
 	-S pretrain.optim.name=lars -S pretrain.optim.lr=0.5 -S pretrain.optim.weight_decay=0.000001 \
