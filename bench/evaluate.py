@@ -20,6 +20,7 @@ from pipeline.config import EvaluateConfig
 from pipeline.data.arrays import Split, train_val_split
 from pipeline.data.preprocess import InputSpec
 from pipeline.device import resolve_device
+from pipeline.evaluation import evaluate_encoder
 from pipeline.models import Encoder, EncoderSpec
 
 
@@ -51,8 +52,6 @@ def main() -> None:
                        head_out=128 if args.backbone != "small" else 64)
     encoder = Encoder(spec).eval()
     cfg = EvaluateConfig(random_baseline=args.random_baseline)
-    from pipeline.evaluation import evaluate_encoder
-
     start = time.perf_counter()
     result = evaluate_encoder(encoder, train, val, test, args.classes, cfg, device, seed=0)
     total = time.perf_counter() - start

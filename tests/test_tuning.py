@@ -82,6 +82,8 @@ def test_study_leaves_trials_nested_runs_baseline_and_report(workdir):
     for t in trials[1:]:
         assert 1e-4 <= t.params["lambda"] <= 1e-1 and t.user_attrs[LAMBDA_ATTR] == t.params["lambda"]
         assert sorted(t.intermediate_values) == [1, 2]  # eval_every 1: a kNN report per epoch
+    for t in trials:  # objective knn: the value is the last epoch's report, not a second extraction
+        assert t.value == t.intermediate_values[EPOCHS]
     assert study.user_attrs[PARENT_ATTR] == outcome.parent_run_id
 
     client = MlflowClient(tracking_uri=params.tracking.tracking_uri)

@@ -92,8 +92,12 @@ class Objective:
             reporter = _Reporter(trial, self.params, self.data, prunable=not choice.baseline)
             result = train(cfg, self.data.fit.images, seed=self.params.seed, out_dir=None, callbacks=[reporter],
                            epochs=t.epochs, progress=False)
-            value = validation_score(result.encoder, self.data.fit, self.data.val, self.data.num_classes,
-                                     self.params.evaluate, self.data.device, self.params.seed, t.objective)
+            if t.objective == "knn" and reporter.last_score is not None:
+                # The reporter scored the last epoch already: the same kNN, no second feature extraction.
+                value = reporter.last_score
+            else:
+                value = validation_score(result.encoder, self.data.fit, self.data.val, self.data.num_classes,
+                                         self.params.evaluate, self.data.device, self.params.seed, t.objective)
             if not math.isfinite(value):
                 raise ValueError(f"trial {trial.number}: the {t.objective} validation score is {value}")
             tracking.log_metrics({"objective_value": value}, step=t.epochs)
