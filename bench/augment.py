@@ -19,8 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.augment import SimCLRAugment, make_generator  # noqa: E402
 from pipeline.config import AugmentConfig  # noqa: E402
+from pipeline.engine.augment import SimCLRAugment, make_generator  # noqa: E402
 
 # (name, batch, channels, side, config): CIFAR-like RGB with every op on, and digits-like grey.
 CASES = [

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from pipeline.config import EvaluateConfig
-from pipeline.data.arrays import Split, train_val_split
+from pipeline.data.arrays import Split
 from pipeline.data.preprocess import InputSpec
+from pipeline.data.splits import train_val_split
 from pipeline.device import resolve_device
 from pipeline.evaluation import evaluate_encoder
 from pipeline.models import Encoder, EncoderSpec

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from pipeline.config import PretrainConfig
-from pipeline.train import train
+from pipeline.engine.trainer import train
 
 
 def main() -> None:

@@ -48,6 +48,9 @@ class SSLConfig(_Section):
 class SparseHeadConfig(_Section):
     form: Literal["l1", "group", "activation"] = "l1"
     lam: float = Field(1e-3, ge=0.0, alias="lambda")
+    # gradient: lambda * R in the loss; proximal: soft-threshold after each optimiser step (exact zeros)
+    update: Literal["gradient", "proximal"] = "gradient"
+    include_predictor: bool = False  # BYOL / SimSiam: penalise the predictor's Linear layers too (l1)
 
 
 class AugmentConfig(_Section):
@@ -71,6 +74,7 @@ class OptimConfig(_Section):
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     weight_decay: float = Field(5e-4, ge=0.0)
     warmup_epochs: int = Field(2, ge=0)
+    eta: float = Field(1e-3, gt=0.0)  # LARS trust coefficient (SimCLR's, lightly's, timm's, solo-learn's)
 
 
 class PretrainConfig(_Section):

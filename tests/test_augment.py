@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 
-from pipeline.augment import (
+from pipeline.config import AugmentConfig
+from pipeline.engine.augment import (
     BRIGHTNESS,
     CONTRAST,
     HUE,
@@ -37,7 +38,6 @@ from pipeline.augment import (
     sample_crop_params,
     sample_jitter_params,
 )
-from pipeline.config import AugmentConfig
 
 torch.set_num_threads(1)
 

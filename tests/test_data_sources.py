@@ -21,7 +21,7 @@ from pipeline.config import PrepareConfig
 from pipeline.data.arrays import manifest_for
 from pipeline.data.preprocess import InputSpec, fit_image
 from pipeline.data.sources import DataError, load_source
-from pipeline.data.stratify import class_test_count, stratified_split
+from pipeline.data.splits import class_test_count, stratified_split
 
 REPO = Path(__file__).resolve().parents[1]
 PY = REPO / ".venv" / "bin" / "python"

@@ -7,8 +7,8 @@ import torch
 import torch.multiprocessing as mp
 
 from pipeline.config import PretrainConfig
-from pipeline.distributed import DistContext, gather_with_grad
-from pipeline.train import CHECKPOINT, train
+from pipeline.engine.distributed import DistContext, gather_with_grad
+from pipeline.engine.trainer import CHECKPOINT, train
 
 
 def _free_port() -> int:

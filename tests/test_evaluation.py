@@ -31,9 +31,9 @@ from pipeline.evaluation import (
     validation_score,
 )
 from pipeline.evaluation.spectrum import log_spectrum
-from pipeline.evaluation.stage import run_evaluation
 from pipeline.models import Encoder, EncoderSpec, save_encoder
-from stages.evaluate import body as evaluate_body
+from pipeline.stages.evaluate import run as evaluate_body
+from pipeline.stages.evaluate import run_evaluation
 
 torch.set_num_threads(1)
 
@@ -249,7 +249,7 @@ def _expected_keys(prefix: str = "") -> set[str]:
         keys |= {f"{split}_linear_top{k}{s}" for split in ("val", "test") for k in (1, 5)}
         keys |= {f"{split}_knn{k}_top1{s}" for split in ("val", "test") for k in KNN_K}
         keys |= {f"rankme{s}", f"dims99{s}", f"linear_weight_decay{s}"}
-    keys |= {"head_l1_layer0", "head_l1_layer1", "head_sparsity_layer0", "head_sparsity_layer1", "head_sparsity",
+    keys |= {"head_l1_layer0", "head_l1_layer1", "head_sparsity_layer0", "head_sparsity_layer1", "head_sparsity", "head_exact_zero_frac",
              "head_features_used", "head_features_used_frac"}
     return {prefix + k for k in keys}
 

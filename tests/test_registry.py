@@ -18,7 +18,7 @@ from pipeline import tracking
 from pipeline.config import RegisterConfig, TrackingConfig
 from pipeline.data.preprocess import InputSpec
 from pipeline.models import Encoder, EncoderSpec
-from pipeline.registry import (
+from pipeline.tracking.registry import (
     OUTCOME_TAG,
     LoadedModel,
     load_registered,

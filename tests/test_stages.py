@@ -19,11 +19,11 @@ from pipeline.cli import stage_main
 from pipeline.config import load_params
 from pipeline.data.arrays import load_split
 from pipeline.evaluation import extract_features
-from pipeline.final import read_best_params
 from pipeline.models import load_encoder
-from pipeline.registry import OUTCOME_TAG, load_registered
-from stages.final import body as final_body
-from stages.register import body as register_body
+from pipeline.stages.final import read_best_params
+from pipeline.stages.final import run as final_body
+from pipeline.stages.register import run as register_body
+from pipeline.tracking.registry import OUTCOME_TAG, load_registered
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "test-encoder"
@@ -60,7 +60,8 @@ def test_final_trains_the_best_lambda_and_register_promotes_only_a_better_model(
     assert stage_main("final", final_body, argv=[]) == 0
     assert "lambda 0.003" in capsys.readouterr().out
     encoder, extra = load_encoder("models/final/encoder.pt")
-    assert extra["sparsehead"] == {"form": "l1", "lambda": 0.003} and extra["epochs"] == 2
+    assert extra["sparsehead"] == {"form": "l1", "lambda": 0.003, "update": "gradient",
+                                  "include_predictor": False} and extra["epochs"] == 2
     metrics = json.loads(Path("metrics/final.json").read_text())
     assert 0.0 <= metrics["val_linear_top1"] <= 1.0 and "test_linear_top1" in metrics
     assert Path("metrics/final_train.json").exists() and Path("plots/final/confusion.csv").exists()

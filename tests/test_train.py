@@ -6,8 +6,9 @@ import torch
 from sklearn.datasets import load_digits
 
 from pipeline.config import PretrainConfig
-from pipeline.optim import LARS, warmup_cosine
-from pipeline.train import CHECKPOINT, read_checkpoint_meta, train
+from pipeline.engine.checkpoint import CHECKPOINT, read_checkpoint_meta
+from pipeline.engine.optim import LARS, warmup_cosine
+from pipeline.engine.trainer import train
 
 
 @pytest.fixture(scope="module")

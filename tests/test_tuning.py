@@ -18,13 +18,13 @@ from optuna.trial import TrialState
 
 from pipeline.cli import StageError, stage_main
 from pipeline.config import Params, load_params
+from pipeline.stages.tune import run as tune_body
+from pipeline.tracking.trials import PARENT_ATTR, PARENT_RUN_TAG, RUN_ATTR, STATE_TAG
 from pipeline.tuning.report import TRIAL_COLUMNS, write_report
-from pipeline.tuning.runs import PARENT_ATTR, PARENT_RUN_TAG, RUN_ATTR, STATE_TAG
 from pipeline.tuning.space import BASELINE_ATTR, LAMBDA_ATTR, study_name
 from pipeline.tuning.storage import open_storage
 from pipeline.tuning.study import WORKER_ATTR
 from pipeline.tuning.worker import run_tuning
-from stages.tune import body as tune_body
 
 REPO = Path(__file__).resolve().parents[1]
 N_TRIALS = 3

@@ -124,20 +124,3 @@ def load_dataset(data_dir: str | Path) -> Dataset:
         source=manifest["source"],
         extra=manifest.get("extra", {}),
     )
-
-
-def train_val_split(split: Split, val_fraction: float, seed: int) -> tuple[Split, Split]:
-    """Carve a validation set from training data, stratified by class and fixed by the seed."""
-    rng = np.random.default_rng(seed)
-    val_idx: list[np.ndarray] = []
-    for c in np.unique(split.labels):
-        idx = np.flatnonzero(split.labels == c)
-        rng.shuffle(idx)
-        n_val = int(round(len(idx) * val_fraction))
-        if len(idx) > 1:
-            n_val = min(max(n_val, 1), len(idx) - 1)
-        val_idx.append(idx[:n_val])
-    val = np.sort(np.concatenate(val_idx)) if val_idx else np.array([], dtype=np.int64)
-    mask = np.ones(len(split), dtype=bool)
-    mask[val] = False
-    return split.subset(np.flatnonzero(mask)), split.subset(val)

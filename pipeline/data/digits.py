@@ -6,7 +6,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 
 from pipeline.data.arrays import Dataset, Split
-from pipeline.data.stratify import stratified_split
+from pipeline.data.splits import stratified_split
 
 DIGITS_MAX = 16  # load_digits pixels are counts of set bits in 4x4 blocks: integers 0..16
 

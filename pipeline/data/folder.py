@@ -18,7 +18,7 @@ from tqdm import tqdm
 from pipeline.data.arrays import Dataset, Split
 from pipeline.data.errors import DataError, one_line
 from pipeline.data.preprocess import InputSpec, convert_channels, fit_image
-from pipeline.data.stratify import stratified_split
+from pipeline.data.splits import stratified_split
 
 log = logging.getLogger(__name__)
 

@@ -1,14 +1,14 @@
 """Evaluation of a frozen encoder: features, linear probe, kNN, collapse metrics, plots, the stage body."""
 
-from pipeline.evaluation.evaluate import (
+from pipeline.evaluation.features import Features, extract_features
+from pipeline.evaluation.knn import knn_accuracy, knn_predict
+from pipeline.evaluation.metrics import (
     EvalResult,
     evaluate_encoder,
     knn_score,
     random_encoder,
     validation_score,
 )
-from pipeline.evaluation.features import Features, extract_features
-from pipeline.evaluation.knn import knn_accuracy, knn_predict
 from pipeline.evaluation.probe import ProbeResult, linear_probe
 from pipeline.evaluation.spectrum import SpectrumStats, dims_for_share, rankme, spectrum_stats
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from pipeline.evaluation.evaluate import LEVELS, RANDOM_PREFIX, EvalResult
+from pipeline.evaluation.metrics import LEVELS, RANDOM_PREFIX, EvalResult
 from pipeline.evaluation.spectrum import log_spectrum
 from pipeline.io import atomic_path
 

@@ -21,12 +21,13 @@ import torch
 
 from pipeline import tracking
 from pipeline.config import Params
-from pipeline.data.arrays import Split, load_manifest, load_split, train_val_split
+from pipeline.data.arrays import Split, load_manifest, load_split
+from pipeline.data.splits import train_val_split
 from pipeline.device import resolve_device
+from pipeline.engine.trainer import train
 from pipeline.evaluation import knn_score, validation_score
 from pipeline.models import Encoder
-from pipeline.train import train
-from pipeline.tuning.runs import trial_run
+from pipeline.tracking.trials import trial_run
 from pipeline.tuning.space import SearchSpace, TrialChoice, suggest, trial_pretrain_config
 from pipeline.tuning.study import WORKER_ATTR, worker_id
 

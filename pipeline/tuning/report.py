@@ -31,7 +31,7 @@ from pipeline import tracking
 from pipeline.config import Params
 from pipeline.evaluation.plots import save_png
 from pipeline.io import atomic_path, write_json
-from pipeline.tuning.runs import RUN_ATTR
+from pipeline.tracking.trials import RUN_ATTR
 from pipeline.tuning.space import FORM_ATTR, LAMBDA_ATTR, SearchSpace, is_baseline
 from pipeline.tuning.study import WORKER_ATTR
 from pipeline.tuning.worker import TuneOutcome

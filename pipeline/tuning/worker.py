@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 
 from pipeline.cli import StageError
 from pipeline.config import Params
+from pipeline.tracking.trials import RUN_ATTR, ensure_parent_run, mark_failed, parent_run
 from pipeline.tuning.objective import Objective, TuneData
-from pipeline.tuning.runs import RUN_ATTR, ensure_parent_run, mark_failed, parent_run
 from pipeline.tuning.space import SearchSpace, enqueue_baseline, study_name
 from pipeline.tuning.storage import BudgetLock, open_storage, redact, storage_url
 from pipeline.tuning.study import Counts, build_sampler, count_trials, open_study, orphaned_trials, trial_seed

@@ -1,15 +1,14 @@
-"""The SSL training loop: SimCLR + SparseHead, on the GPU when there is one, on the CPU otherwise.
+"""The SSL training loop: any method of :mod:`pipeline.methods` + SparseHead, on the GPU when there is one.
 
 The whole training set lives on the training device as uint8 and is augmented there, so no loader
 workers sit between the data and the model. Each epoch draws its shuffling and augmentation from a
 generator seeded by (seed, epoch): resuming from the checkpoint of epoch k replays epochs k+1.. exactly
-as an uninterrupted run would.
+as an uninterrupted run would (with the same number of CPU threads: float reductions split differently
+across threads, so a resume with another thread count warns that it will not be bit-identical).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -21,20 +20,21 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.augment import SimCLRAugment
 from pipeline.config import PretrainConfig
 from pipeline.data.preprocess import InputSpec, channel_stats, to_model_input
 from pipeline.device import autocast_dtype, resolve_device
-from pipeline.distributed import DistContext, gather_with_grad
-from pipeline.io import atomic_path
-from pipeline.losses import build_ssl_loss
+from pipeline.engine.augment import SimCLRAugment
+from pipeline.engine.checkpoint import CHECKPOINT, fingerprint, load_checkpoint, save_checkpoint
+from pipeline.engine.distributed import DistContext
+from pipeline.engine.optim import build_optimizer, warmup_cosine
+from pipeline.methods import Method, build_method
 from pipeline.models.encoder import Encoder, EncoderSpec
-from pipeline.optim import build_optimizer, warmup_cosine
 from pipeline.sparsehead import SparseHeadRegularizer, head_stats
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
+__all__ = ["CHECKPOINT", "EpochCallback", "TrainResult", "build_encoder", "train"]
+
 # Called after every epoch with (epoch 1-based, that epoch's metrics, the encoder). A callback may
 # raise (optuna.TrialPruned, say) to stop training; the checkpoint of that epoch is already on disk.
 EpochCallback = Callable[[int, dict[str, float], Encoder], None]
@@ -45,6 +45,7 @@ class TrainResult:
     encoder: Encoder
     history: list[dict[str, float]] = field(default_factory=list)
     resumed_from: int = 0  # epochs already done when this call started
+    method: Method | None = None
 
     @property
     def final(self) -> dict[str, float]:
@@ -68,40 +69,38 @@ def build_encoder(cfg: PretrainConfig, images: np.ndarray) -> Encoder:
     return Encoder(spec)
 
 
-def fingerprint(cfg: PretrainConfig, images: np.ndarray, seed: int, epochs: int | None = None) -> str:
-    """What a checkpoint must match to be resumed: everything that changes the result."""
-    d = cfg.model_dump(by_alias=True, exclude={"out_dir", "device", "num_threads"})
-    d["epochs"] = epochs or cfg.epochs
-    data = hashlib.sha256(memoryview(np.ascontiguousarray(images)).cast("B")).hexdigest()
-    return hashlib.sha256(json.dumps([d, seed, data], sort_keys=True, default=str).encode()).hexdigest()
-
-
-def read_checkpoint_meta(path: str | Path) -> dict | None:
-    """The fingerprint, epochs done and caller metadata of a checkpoint, or None when there is none."""
-    path = Path(path)
-    if not path.exists():
-        return None
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    return {"fingerprint": state.get("fingerprint"), "epoch": state.get("epoch", 0), "meta": state.get("meta", {})}
-
-
 def _epoch_generator(device: torch.device, seed: int, epoch: int, rank: int = 0) -> torch.Generator:
     g = torch.Generator(device=device)
     g.manual_seed(seed * 1_000_003 + epoch + rank * 7_919_993)
     return g
 
 
-def _save_checkpoint(path: Path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+def _resume(state: dict | None, fp: str, path: Path, modules: dict[str, object]) -> tuple[list, int]:
+    if state is None:
+        return [], 0
+    if state.get("fingerprint") != fp:
+        log.warning("%s was written for other params or data; starting afresh", path)
+        return [], 0
+    for key, module in modules.items():
+        module.load_state_dict(state[key])  # type: ignore[attr-defined]
+    threads = state.get("num_threads")
+    if threads is not None and threads != torch.get_num_threads():
+        log.warning("%s was written with %d CPU threads, this run has %d: the resumed result will not be "
+                    "bit-identical to an uninterrupted run (set pretrain.num_threads to pin it)", path, threads,
+                    torch.get_num_threads())
+    log.info("resuming from %s at epoch %d", path, state["epoch"])
+    return state["history"], state["epoch"]
 
 
 def train(cfg: PretrainConfig, images: np.ndarray, *, seed: int = 0, out_dir: str | Path | None = None,
           callbacks: Sequence[EpochCallback] = (), epochs: int | None = None, resume: bool = True,
-          progress: bool = True, dist: DistContext | None = None, meta: dict | None = None) -> TrainResult:
+          progress: bool = True, dist: DistContext | None = None, meta: dict | None = None,
+          data_digest: str | None = None) -> TrainResult:
     """Pretrain an encoder on uint8 (N, H, W, C) images; checkpoint to ``out_dir`` after every epoch.
 
-    ``meta`` (the MLflow run id, say) is stored in each checkpoint for :func:`read_checkpoint_meta`.
+    ``meta`` (the MLflow run id, say) is stored in each checkpoint for :func:`read_checkpoint_meta`;
+    ``data_digest`` (the manifest's sha256) stands for the images in the checkpoint's fingerprint, so
+    they need not be hashed again.
     """
     dist = dist or DistContext.from_env()
     epochs = epochs or cfg.epochs
@@ -111,43 +110,40 @@ def train(cfg: PretrainConfig, images: np.ndarray, *, seed: int = 0, out_dir: st
     n = images.shape[0]
     batch_size = min(cfg.batch_size, n // dist.world_size)
     if batch_size < 2:
-        raise ValueError(f"{n} training images are too few for contrastive batches")
+        raise ValueError(f"{n} training images are too few for SSL batches")
     steps_per_epoch = n // (batch_size * dist.world_size)
+    total_steps = epochs * steps_per_epoch
 
     torch.manual_seed(seed)
     encoder = build_encoder(cfg, images).to(device)
+    method = build_method(cfg.ssl, encoder).to(device)
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
     if channels_last:
         encoder = encoder.to(memory_format=torch.channels_last)
-    model = dist.wrap(encoder)
-    optimizer = build_optimizer(encoder, cfg.optim, batch_size * dist.world_size)
+    online = dist.wrap(encoder)
+    optimizer = build_optimizer(encoder, cfg.optim, batch_size * dist.world_size,
+                                extra=list(method.trainable_parameters()))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(epochs * steps_per_epoch, cfg.optim.warmup_epochs * steps_per_epoch))
-    ssl_loss = build_ssl_loss(cfg.ssl.method, cfg.ssl.temperature)
-    reg = SparseHeadRegularizer(cfg.sparsehead.form, cfg.sparsehead.lam)
-    augment = SimCLRAugment(cfg.augment, encoder.spec.input.image_size)
+        optimizer, warmup_cosine(total_steps, cfg.optim.warmup_epochs * steps_per_epoch))
+    sh = cfg.sparsehead
+    reg = SparseHeadRegularizer(sh.form, sh.lam, sh.update, method.penalised_modules(sh.include_predictor))
+    view1, view2 = (SimCLRAugment(a, encoder.spec.input.image_size) for a in method.view_configs(cfg.augment))
     amp = autocast_dtype(device, cfg.precision)
 
-    fp = fingerprint(cfg, images, seed, epochs)
+    fp = fingerprint(cfg, data_digest or images, seed, epochs)
     ckpt_path = Path(out_dir) / CHECKPOINT if out_dir is not None else None
+    state_of = {"encoder": encoder, "method": method, "optimizer": optimizer, "scheduler": scheduler}
     history: list[dict[str, float]] = []
     start_epoch = 0
-    if resume and ckpt_path is not None and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if state.get("fingerprint") == fp:
-            encoder.load_state_dict(state["encoder"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            history, start_epoch = state["history"], state["epoch"]
-            log.info("resuming from %s at epoch %d", ckpt_path, start_epoch)
-        else:
-            log.warning("%s was written for other params or data; starting afresh", ckpt_path)
+    if resume and ckpt_path is not None:
+        history, start_epoch = _resume(load_checkpoint(ckpt_path, device), fp, ckpt_path, state_of)
 
     data = torch.from_numpy(np.ascontiguousarray(images)).to(device)
-    bar = tqdm(range(start_epoch, epochs), desc="pretrain", unit="epoch", disable=not progress or not dist.is_main,
-               initial=start_epoch, total=epochs)
+    bar = tqdm(range(start_epoch, epochs), desc=f"pretrain {method.name}", unit="epoch",
+               disable=not progress or not dist.is_main, initial=start_epoch, total=epochs)
     for epoch in bar:
         encoder.train()
+        method.train()
         g = _epoch_generator(device, seed, epoch)
         perm = torch.randperm(n, generator=g, device=device)  # the same on every rank: each takes its slice
         # Augmentations differ between ranks; on rank 0 (and in one process) they continue g's stream.
@@ -159,20 +155,22 @@ def train(cfg: PretrainConfig, images: np.ndarray, *, seed: int = 0, out_dir: st
         for step in range(steps_per_epoch):
             lo = (step * dist.world_size + dist.rank) * batch_size
             x = to_model_input(data[perm[lo:lo + batch_size]])
-            v1, v2 = augment(x, g_aug), augment(x, g_aug)
+            v1, v2 = view1(x, g_aug), view2(x, g_aug)
             if channels_last:
                 v1 = v1.contiguous(memory_format=torch.channels_last)
                 v2 = v2.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext():
-                _, z = model(torch.cat([v1, v2]))
-            z1, z2 = z.float().chunk(2)
-            loss_ssl = ssl_loss(gather_with_grad(z1, dist), gather_with_grad(z2, dist))
-            r = reg(encoder.head, z)
+                out = method(online, v1, v2, dist)
+            loss_ssl = out.loss.float()
+            r = reg(encoder.head, out.z)
             loss = loss_ssl + reg.lam * r
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if reg.in_loss else loss_ssl).backward()
             optimizer.step()
+            # The rate this step used: the proximal threshold is that step's lr * lambda.
+            reg.proximal_step(encoder.head, optimizer.param_groups[0]["lr"])
             scheduler.step()
+            method.after_step(encoder, epoch * steps_per_epoch + step + 1, total_steps)
             sums += torch.stack([loss.detach(), loss_ssl.detach(), r.detach().float()])
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -187,10 +185,10 @@ def train(cfg: PretrainConfig, images: np.ndarray, *, seed: int = 0, out_dir: st
         }
         history.append(metrics)
         if ckpt_path is not None and dist.is_main:
-            _save_checkpoint(ckpt_path, {
-                "fingerprint": fp, "epoch": epoch + 1, "encoder": encoder.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "history": history,
-                "meta": meta or {},
+            save_checkpoint(ckpt_path, {
+                "fingerprint": fp, "epoch": epoch + 1, "history": history, "meta": meta or {},
+                "num_threads": torch.get_num_threads(),
+                **{key: module.state_dict() for key, module in state_of.items()},
             })
         bar.set_postfix(loss=f"{metrics['loss_total']:.3f}", sparsity=f"{metrics['head_sparsity']:.2f}",
                         img_s=f"{metrics['img_per_s']:.0f}")
@@ -198,5 +196,6 @@ def train(cfg: PretrainConfig, images: np.ndarray, *, seed: int = 0, out_dir: st
             for cb in callbacks:
                 cb(epoch + 1, metrics, encoder)
     encoder.eval()
+    method.eval()
     return TrainResult(encoder=encoder.to(memory_format=torch.contiguous_format), history=history,
-                       resumed_from=start_epoch)
+                       resumed_from=start_epoch, method=method)

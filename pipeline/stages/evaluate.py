@@ -1,4 +1,4 @@
-"""The evaluate step as a library call, shared by the ``evaluate`` stage and the ``final`` stage.
+"""The ``evaluate`` stage; :func:`run_evaluation` is shared with the ``final`` stage.
 
 Loads the prepared data and a saved encoder, carves validation from train (seeded), evaluates, writes
 the metrics JSON and the plots, and logs both into the MLflow run that trained the model (its id is in
@@ -15,10 +15,12 @@ import torch
 
 from pipeline import tracking
 from pipeline.config import Params
-from pipeline.data.arrays import load_dataset, load_manifest, train_val_split
+from pipeline.data.arrays import load_dataset, load_manifest
+from pipeline.data.splits import train_val_split
 from pipeline.device import resolve_device
-from pipeline.evaluation.evaluate import evaluate_encoder
+from pipeline.evaluation.metrics import evaluate_encoder
 from pipeline.evaluation.plots import write_plots
+from pipeline.evaluation.report import summary
 from pipeline.io import write_json
 from pipeline.models import ENCODER_FILE, load_encoder
 
@@ -64,3 +66,10 @@ def run_evaluation(params: Params, model_dir: str | Path, metrics_path: str | Pa
         for path in plot_files:
             mlflow.log_artifact(str(path), artifact_path=MLFLOW_ARTIFACT_DIR)
     return metrics
+
+
+def run(params: Params, args: object = None) -> None:
+    cfg = params.evaluate
+    metrics = run_evaluation(params, params.pretrain.out_dir, cfg.out_metrics, cfg.plots_dir)
+    print(f"evaluate: {cfg.out_metrics}, plots in {cfg.plots_dir}")
+    print(summary(metrics, min(cfg.knn_k)))

@@ -14,7 +14,7 @@ from pipeline import tracking
 from pipeline.config import Params
 from pipeline.io import read_json, write_json
 from pipeline.models import ENCODER_FILE, load_encoder
-from pipeline.registry import RegistrationResult, log_encoder_model, register_encoder
+from pipeline.tracking.registry import RegistrationResult, log_encoder_model, register_encoder
 
 # Version tags carry the metrics of the model itself; the random-init reference and timings stay in its run.
 _UNTAGGED_PREFIXES = ("random_", "eval_")
@@ -59,3 +59,15 @@ def register_model_dir(params: Params, model_dir: str | Path, metrics_path: str 
     }
     write_json(reg.out_info, record)
     return result, record
+
+
+def run(params: Params, args: object = None) -> None:
+    reg = params.registry
+    result, record = register_model_dir(params, params.final.out_dir, params.final.out_metrics,
+                                        params.tune.best_params)
+    before = (f"version {result.champion_version} ({reg.metric} {result.champion_value})"
+              if result.champion_version else "none")
+    verdict = (f"now @{reg.alias}" if result.promoted
+               else f"registered, but @{reg.alias} stays on version {result.champion_version}")
+    print(f"register: {result.name} version {result.version}, {reg.metric} {result.challenger_value:.4f}: "
+          f"{verdict} (previous {reg.alias}: {before}) -> {reg.out_info}")

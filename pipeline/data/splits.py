@@ -1,10 +1,13 @@
-"""Deterministic stratified train/test split for sources without an official one."""
+"""The one stratified splitter: train/test for sources without an official split, train/validation for
+evaluation and tuning. Both round a class's share the same way and keep every class on both sides."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
+
+from pipeline.data.arrays import Split
 
 
 def class_test_count(n: int, test_fraction: float) -> int:
@@ -29,3 +32,9 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tup
     mask = np.ones(len(labels), dtype=bool)
     mask[test_idx] = False
     return np.flatnonzero(mask), test_idx
+
+
+def train_val_split(split: Split, val_fraction: float, seed: int) -> tuple[Split, Split]:
+    """Carve a validation set from training data, stratified by class and fixed by the seed."""
+    fit_idx, val_idx = stratified_split(split.labels, val_fraction, seed)
+    return split.subset(fit_idx), split.subset(val_idx)

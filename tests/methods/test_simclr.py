@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.losses import NTXentLoss, build_ssl_loss
+from pipeline.config import SSLConfig
+from pipeline.methods import NTXentLoss, build_method
 
 
 def reference_ntxent(z1: np.ndarray, z2: np.ndarray, t: float) -> float:
@@ -70,5 +71,5 @@ def test_scale_invariant_and_rejects_bad_input():
         NTXentLoss(0.0)
     with pytest.raises(ValueError, match="z1 and z2"):
         loss(z1, z2[:3])
-    with pytest.raises(ValueError, match="unknown SSL method"):
-        build_ssl_loss("byol", 0.5)
+    with pytest.raises(ValueError, match="unknown method"):
+        build_method(SSLConfig.model_construct(method="nope", temperature=0.5), None)

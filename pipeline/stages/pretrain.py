@@ -1,6 +1,8 @@
-"""Pretrain an encoder and record it: the MLflow run, the encoder file, the run-id hand-off, the metrics.
+"""The ``pretrain`` stage: train an encoder and record it (the MLflow run, the encoder file, the run-id
+hand-off, the metrics).
 
-Shared by the ``pretrain`` and ``final`` stages, so the two differ only in their params.
+:func:`pretrain_and_log` is shared by the ``pretrain`` and ``final`` stages, so the two differ only in
+their params.
 """
 
 from __future__ import annotations
@@ -10,18 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import torch
 
 from pipeline import tracking
 from pipeline.config import Params, PretrainConfig, flat_params
 from pipeline.data.arrays import load_manifest, load_split
-from pipeline.distributed import DistContext
+from pipeline.engine.checkpoint import CHECKPOINT, fingerprint, read_checkpoint_meta
+from pipeline.engine.distributed import DistContext
+from pipeline.engine.trainer import TrainResult, train
 from pipeline.io import write_json
 from pipeline.models.encoder import ENCODER_FILE, Encoder, save_encoder
-from pipeline.train import CHECKPOINT, TrainResult, fingerprint, read_checkpoint_meta, train
 
 log = logging.getLogger(__name__)
-
-
 
 @dataclass
 class PretrainOutcome:
@@ -42,16 +44,17 @@ def pretrain_and_log(params: Params, cfg: PretrainConfig, out_dir: str | Path, *
     data_dir = params.prepare.out_dir
     manifest = load_manifest(data_dir)
     images = load_split(data_dir, "train").images
+    digest = str(manifest["sha256"]["train"])  # stands for the images in checkpoint fingerprints
     dist = DistContext.from_env()
     if not dist.is_main:
         # Under torchrun only rank 0 records; the other ranks contribute their gradients and stop. They
         # read the same checkpoint as rank 0 (only rank 0 writes it), so a resumed run stays in step.
-        result = train(cfg, images, seed=params.seed, out_dir=out_dir, progress=False, dist=dist)
+        result = train(cfg, images, seed=params.seed, out_dir=out_dir, progress=False, dist=dist, data_digest=digest)
         return PretrainOutcome("", result, out_dir / ENCODER_FILE)
 
     # A checkpoint of the same params and data means an interrupted run: continue it and its MLflow run.
     prev = read_checkpoint_meta(out_dir / CHECKPOINT)
-    same = prev is not None and prev["fingerprint"] == fingerprint(cfg, images, params.seed)
+    same = prev is not None and prev["fingerprint"] == fingerprint(cfg, digest, params.seed)
     run_id = prev["meta"].get("run_id") if same else None
 
     tags = {
@@ -65,11 +68,13 @@ def pretrain_and_log(params: Params, cfg: PretrainConfig, out_dir: str | Path, *
     }
     with tracking.start_run(params.tracking, run_id=run_id, run_name=run_name) as run:
         if run_id is None:
+            # Results are bit-identical only at one thread count: it is part of what the run was.
             mlflow.log_params({**flat_params(cfg, "pretrain."), "seed": params.seed,
-                               **flat_params(params.prepare, "prepare.")})
+                               **flat_params(params.prepare, "prepare."),
+                               "torch_num_threads": cfg.num_threads or torch.get_num_threads()})
             mlflow.set_tags(tags)
         result = train(cfg, images, seed=params.seed, out_dir=out_dir, callbacks=[mlflow_epoch_logger],
-                       progress=progress, meta={"run_id": run.info.run_id}, dist=dist)
+                       progress=progress, meta={"run_id": run.info.run_id}, dist=dist, data_digest=digest)
         extra = {"run_id": run.info.run_id, "epochs": cfg.epochs, "dataset": manifest["source"],
                  "dataset_sha256": manifest["dataset_sha256"], "classes": manifest["classes"],
                  "sparsehead": cfg.sparsehead.model_dump(by_alias=True)}
@@ -80,3 +85,14 @@ def pretrain_and_log(params: Params, cfg: PretrainConfig, out_dir: str | Path, *
             write_json(metrics_path, {k: round(v, 6) for k, v in final.items()})
         tracking.write_run_id(out_dir / tracking.RUN_ID_FILE, run.info.run_id)
         return PretrainOutcome(run.info.run_id, result, encoder_path)
+
+
+def run(params: Params, args: object = None) -> None:
+    cfg = params.pretrain
+    outcome = pretrain_and_log(params, cfg, cfg.out_dir, run_name="pretrain", metrics_path="metrics/pretrain.json")
+    if not outcome.run_id:  # a torchrun rank other than 0
+        return
+    final = outcome.result.final
+    print(f"pretrain: run {outcome.run_id}: {cfg.ssl.method}, loss {final['loss_total']:.4f}, head sparsity "
+          f"{final['head_sparsity']:.3f} (exact zeros {final['head_exact_zero_frac']:.3f}), "
+          f"{final['img_per_s']:.0f} img/s -> {outcome.encoder_path}")

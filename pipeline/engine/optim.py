@@ -17,7 +17,7 @@ class LARS(torch.optim.Optimizer):
     """
 
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
-                 eta: float = 0.02) -> None:
+                 eta: float = 1e-3) -> None:
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars=True))
 
     @torch.no_grad()
@@ -43,10 +43,10 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def _param_groups(model: nn.Module, weight_decay: float, lars: bool) -> list[dict]:
+def _param_groups(params: list[nn.Parameter], weight_decay: float, lars: bool) -> list[dict]:
     # Biases and norm parameters carry no weight decay (and no trust ratio): decaying them hurts SSL.
     decay, no_decay = [], []
-    for p in model.parameters():
+    for p in params:
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay},
@@ -56,12 +56,19 @@ def _param_groups(model: nn.Module, weight_decay: float, lars: bool) -> list[dic
     return groups
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, batch_size: int) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: OptimConfig, batch_size: int,
+                    extra: list[nn.Parameter] | None = None) -> torch.optim.Optimizer:
+    """SGD or LARS over ``model``'s parameters and ``extra`` ones (a method's predictor, say).
+
+    The first group holds the weight matrices (the projection head's among them): the loop reads its
+    current rate for the proximal SparseHead step.
+    """
     lr = cfg.lr * batch_size / 256  # the linear scaling rule
+    params = [*model.parameters(), *(extra or [])]
     if cfg.name == "lars":
-        return LARS(_param_groups(model, cfg.weight_decay, True), lr=lr, momentum=cfg.momentum,
-                    weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(_param_groups(model, cfg.weight_decay, False), lr=lr, momentum=cfg.momentum)
+        return LARS(_param_groups(params, cfg.weight_decay, True), lr=lr, momentum=cfg.momentum,
+                    weight_decay=cfg.weight_decay, eta=cfg.eta)
+    return torch.optim.SGD(_param_groups(params, cfg.weight_decay, False), lr=lr, momentum=cfg.momentum)
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int) -> callable:

@@ -11,10 +11,11 @@ import math
 from pathlib import Path
 
 from pipeline.config import Params, PretrainConfig
-from pipeline.evaluation.stage import run_evaluation
+from pipeline.evaluation.report import summary
 from pipeline.io import read_json
-from pipeline.pretraining import PretrainOutcome, pretrain_and_log
 from pipeline.sparsehead import FORMS
+from pipeline.stages.evaluate import run_evaluation
+from pipeline.stages.pretrain import PretrainOutcome, pretrain_and_log
 from pipeline.tuning.space import TrialChoice, trial_pretrain_config
 
 
@@ -56,3 +57,12 @@ def train_final(params: Params, progress: bool = True) -> tuple[PretrainOutcome,
         return outcome, {}, best
     metrics = run_evaluation(params, f.out_dir, f.out_metrics, f.plots_dir, progress=progress)
     return outcome, metrics, best
+
+
+def run(params: Params, args: object = None) -> None:
+    outcome, metrics, best = train_final(params)
+    if not metrics:  # a torchrun rank other than 0
+        return
+    who = "baseline, lambda 0" if best.get("baseline") else f"lambda {best['lambda']:.3g}, {best['form']}"
+    print(f"final: run {outcome.run_id} ({who}) -> {outcome.encoder_path}")
+    print(summary(metrics, min(params.evaluate.knn_k)))

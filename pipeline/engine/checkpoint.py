@@ -1,0 +1,82 @@
+"""Checkpoints of a training run: what they hold, when they may be resumed, and writing them safely.
+
+A checkpoint is resumed only when its fingerprint (everything that changes the result: the pretraining
+params, the seed, the epoch budget and the data) matches the run's; any other checkpoint is ignored. A
+checkpoint that cannot be read (truncated, garbage) is set aside as ``<name>.corrupt`` with a warning,
+and training starts afresh: it is a persistent DVC output, and must never block the stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.config import PretrainConfig
+from pipeline.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+# What torch.load raises on a truncated, foreign or garbage file.
+_UNREADABLE = (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, KeyError,
+               AttributeError, TypeError, OSError)
+
+
+def fingerprint(cfg: PretrainConfig, images: np.ndarray | str, seed: int, epochs: int | None = None) -> str:
+    """What a checkpoint must match to be resumed: everything that changes the result.
+
+    ``images`` is the training array, or a digest that stands for it (a manifest's sha256).
+    """
+    d = cfg.model_dump(by_alias=True, exclude={"out_dir", "device", "num_threads"})
+    d["epochs"] = epochs or cfg.epochs
+    if isinstance(images, str):
+        data = images
+    else:
+        data = hashlib.sha256(memoryview(np.ascontiguousarray(images)).cast("B")).hexdigest()
+    return hashlib.sha256(json.dumps([d, seed, data], sort_keys=True, default=str).encode()).hexdigest()
+
+
+def set_aside(path: Path, why: str) -> Path:
+    """Rename an unreadable checkpoint out of the way (never delete what a person may want to inspect)."""
+    dest = path.with_name(path.name + ".corrupt")
+    os.replace(path, dest)
+    log.warning("%s: unreadable checkpoint (%s); moved to %s, training starts afresh", path, why, dest.name)
+    return dest
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict | None:
+    """The checkpoint's state, or None when there is none or it was unreadable (then it is set aside)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except _UNREADABLE as exc:
+        set_aside(path, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+        return None
+    if not isinstance(state, dict) or "fingerprint" not in state:
+        set_aside(path, "not a checkpoint of this pipeline")
+        return None
+    return state
+
+
+def read_checkpoint_meta(path: str | Path) -> dict | None:
+    """The fingerprint, epochs done and caller metadata of a checkpoint, or None when there is none."""
+    state = load_checkpoint(path)
+    if state is None:
+        return None
+    return {"fingerprint": state.get("fingerprint"), "epoch": state.get("epoch", 0), "meta": state.get("meta", {}),
+            "num_threads": state.get("num_threads")}
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
