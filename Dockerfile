@@ -14,7 +14,10 @@
 #   docker run --rm sparsehead make run                                                  # the pipeline
 #
 # Configuration is by environment at run time (SERVE_*, MLFLOW_TRACKING_URI; see service/settings.py);
-# nothing secret is baked in: pass SERVE_ADMIN_TOKEN with -e or a secret store.
+# nothing secret is baked in: pass SERVE_ADMIN_TOKEN with -e or a secret store. The image listens on
+# 0.0.0.0, so without SERVE_ADMIN_TOKEN the admin routes (POST /admin/reload) are off: they answer 403 and
+# the start-up log says so (service/admin.py). Header size, header and body read times are bounded by
+# the service itself (SERVE_MAX_HEADER_BYTES, SERVE_HEADER_TIMEOUT_S, SERVE_BODY_TIMEOUT_S).
 
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE}
@@ -70,7 +73,8 @@ RUN set -eux; \
     touch /app/.venv/.installed; \
     dvc config --local core.no_scm true
 
-# Listen on every interface inside the container; use the GPU when the container has one.
+# Listen on every interface inside the container (admin routes need SERVE_ADMIN_TOKEN there); use the GPU
+# when the container has one.
 ENV SERVE_HOST=0.0.0.0 \
     SERVE_PORT=8000 \
     SERVE_DEVICE=auto \

@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
 from pipeline.config import load_params  # noqa: E402
-from pipeline.registry import LoadedModel  # noqa: E402
+from pipeline.tracking.registry import LoadedModel  # noqa: E402
 
 READY_TIMEOUT_S = 300
 
@@ -75,7 +75,7 @@ def fail(message: str) -> None:
 def load_model(uri: str, tracking_uri: str) -> LoadedModel:
     import mlflow
 
-    from pipeline.registry import load_registered
+    from pipeline.tracking.registry import load_registered
 
     if tracking_uri.startswith("sqlite:///"):  # MLflow would create an empty database there
         path = Path(tracking_uri[len("sqlite:///"):])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,50 @@ class StageError(RuntimeError):
 
 # Errors whose message already names the file and the problem: shown as one line, exit code 2.
 USER_ERRORS: tuple[type[BaseException], ...] = (StageError, ConfigError, FileNotFoundError, ValueError)
+# A file or folder the stage cannot read or write (an output under a read-only or misnamed folder, a full
+# disk): the OS names the path; nothing is lost, as outputs are written to a temporary file and renamed.
+_FS_HINTS = {
+    PermissionError: "check the folder's owner and mode, or point the params key at a writable place",
+    NotADirectoryError: "a part of the path is a file, not a folder; fix the path in params.yaml or move the file",
+    IsADirectoryError: "a folder stands where a file is expected; fix the path or remove the folder",
+    FileExistsError: "a file stands where a folder is expected; fix the path in params.yaml or move the file",
+}
+
+
+def _fs_error(exc: OSError) -> str:
+    """``<path>: <the OS's reason>; <what to do>`` for an OSError that names its path."""
+    where = f"{exc.filename} -> {exc.filename2}" if exc.filename2 else str(exc.filename)
+    hint = next((h for t, h in _FS_HINTS.items() if isinstance(exc, t)), "check the path and the disk")
+    return f"{where}: {exc.strerror or type(exc).__name__}; {hint}"
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    while exc is not None and exc not in out:
+        out.append(exc)
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return out
+
+
+def _store_error(exc: BaseException, params: Params | None) -> str | None:
+    """One line for an MLflow tracking store that cannot be read (a garbage ``mlflow.db``, a server that
+    answers errors), or None when ``exc`` is not one. Only looks at modules already imported: the stage
+    contract must not import MLflow for a stage that never used it."""
+    sa = sys.modules.get("sqlalchemy.exc")
+    mlflow_exc = sys.modules.get("mlflow.exceptions")
+    db = next((e for e in _chain(exc) if sa is not None and isinstance(e, sa.SQLAlchemyError)), None)
+    mlf = next((e for e in _chain(exc) if mlflow_exc is not None and isinstance(e, mlflow_exc.MlflowException)), None)
+    if db is None and mlf is None:
+        return None
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or (params.tracking.tracking_uri if params else "the tracking store")
+    reason = " ".join(str(getattr(db, "orig", None) or db or mlf).split("\n")[0].split())[:200]
+    if db is not None and uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///"):]
+        way_out = (f"move it aside (mv {path} {path}.bad) to start a new store, or set MLFLOW_TRACKING_URI "
+                   "to a working one")
+    else:
+        way_out = "check that the store is reachable and healthy, or set MLFLOW_TRACKING_URI to a working one"
+    return f"MLflow tracking store {uri}: cannot be used ({type(db or mlf).__name__}: {reason}); {way_out}"
 
 
 def stage_main(name: str, body: Callable[[Params, argparse.Namespace], None],
@@ -32,11 +77,22 @@ def stage_main(name: str, body: Callable[[Params, argparse.Namespace], None],
         add_args(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format=f"{name}: %(levelname)s: %(message)s")
+    params: Params | None = None
     try:
-        params = load_params(args.params)
+        params = load_params(args.params, must_exist=True)
         body(params, args)
+    except OSError as exc:
+        # Our own FileNotFoundErrors carry a whole sentence; the OS's name a path and a reason.
+        print(f"{name}: error: {_fs_error(exc) if exc.filename else ' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
     except USER_ERRORS as exc:
         print(f"{name}: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        line = _store_error(exc, params)
+        if line is None:
+            raise  # a bug: the traceback is wanted
+        print(f"{name}: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)

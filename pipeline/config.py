@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class _Section(BaseModel):
@@ -17,7 +17,14 @@ class _Section(BaseModel):
 class TrackingConfig(_Section):
     experiment: str = "sparsehead"
     tracking_uri: str = "sqlite:///mlflow.db"  # MLFLOW_TRACKING_URI overrides
-    artifact_root: str = "mlartifacts"
+    artifact_root: str = "mlartifacts"  # local stores: relative = inside whichever copy of the project runs
+    # A tracking server that is down: MLflow's retries per call (1, 2, 4, ... s apart) and its timeout
+    http_retries: int = Field(3, ge=0)
+    http_timeout_s: int = Field(30, gt=0)
+    # CPU, memory, disk, network (and GPU with nvidia-ml-py) sampled into each training run's
+    # system/* metrics every 10 s (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL); off: a CPU digits run
+    # lasts a few samples and the sampler thread competes for its 2 cores.
+    system_metrics: bool = False
 
 
 class PrepareConfig(_Section):
@@ -27,6 +34,35 @@ class PrepareConfig(_Section):
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # for sources without an official split
     image_size: int | None = None  # folder only: resize every image to a square of this side
     out_dir: str = "data/prepared"
+    # npz: one array per split; shards: memory-mappable uint8 .npy shards (data larger than memory);
+    # auto: shards once the images exceed shard_above_gb
+    format: Literal["auto", "npz", "shards"] = "auto"
+    shard_above_gb: float = Field(2.0, gt=0.0)
+    shard_images: int = Field(8192, gt=0)  # images per shard file
+    workers: int | None = Field(None, gt=0)  # folder: decoding threads; None: one per CPU core
+
+    @model_validator(mode="after")
+    def _only_what_the_source_reads(self) -> PrepareConfig:
+        # A key the source ignores would be a silent no-op (digits stays 8x8 whatever image_size says).
+        # Messages start with the key: load_params prefixes the section.
+        folder, cifar = self.source == "folder", self.source in ("cifar10", "cifar100")
+        ignored = [("image_size", self.image_size is not None and not folder,
+                    "only the folder source resizes; resize for the model with pretrain.image_size"),
+                   ("workers", self.workers is not None and not folder, "only the folder source decodes images"),
+                   ("download", self.download and not cifar, "only the cifar sources download"),
+                   ("path", self.path is not None and self.source == "digits", "digits is embedded")]
+        for key, bad, why in ignored:
+            if bad:
+                raise ValueError(f"{key}: the {self.source} source ignores it ({why}); set it to null/false "
+                                 "or remove it")
+        return self
+
+
+# The smallest input side each backbone can take: below it some 3x3 kernel taps see nothing but zero
+# padding (a 3x3 conv needs a map >= 2 wide, a stride-2 one >= 3), so those weights never learn. The
+# small ConvNet downsamples twice (5 -> 3 -> 2), the CIFAR-stem ResNets three times (9 -> 5 -> 3 -> 2);
+# tests/test_hardening_stages.py measures it on the real backbones.
+MIN_INPUT_SIDE = {"small": 5, "resnet18": 9, "resnet34": 9, "resnet50": 9}
 
 
 class BackboneConfig(_Section):
@@ -40,9 +76,28 @@ class HeadConfig(_Section):
     batch_norm: bool = True
 
 
+SSLMethod = Literal["simclr", "byol", "simsiam", "barlow_twins", "vicreg", "mocov2"]
+
+
 class SSLConfig(_Section):
-    method: Literal["simclr"] = "simclr"
-    temperature: float = Field(0.5, gt=0.0)
+    # Each method reads only its own keys; the defaults are the papers' (README, "SSL methods").
+    method: SSLMethod = "simclr"
+    temperature: float = Field(0.5, gt=0.0)  # simclr: NT-Xent temperature
+    # byol: the target's momentum at step 0, raised to 1 on a cosine schedule; mocov2: constant
+    momentum: float = Field(0.99, ge=0.0, le=1.0)
+    # byol / simsiam: the predictor's hidden width; None: byol the head's last hidden width (BYOL's
+    # 4096-256 projector and 4096 predictor), simsiam a quarter of the head's output (2048 -> 512)
+    predictor_hidden_dim: int | None = Field(None, gt=0)
+    # byol / barlow_twins / vicreg: their papers' per-view blur (1.0, 0.1) and solarisation (0, 0.2)
+    asymmetric_views: bool = True
+    barlow_lambda: float = Field(0.0051, ge=0.0)  # barlow_twins: weight of the off-diagonal term
+    vicreg_invariance: float = Field(25.0, ge=0.0)  # vicreg: weight of the invariance (MSE) term
+    vicreg_variance: float = Field(25.0, ge=0.0)  # vicreg: weight of the variance hinge
+    vicreg_covariance: float = Field(1.0, ge=0.0)  # vicreg: weight of the covariance term
+    vicreg_gamma: float = Field(1.0, gt=0.0)  # vicreg: the std each dimension is pushed above
+    vicreg_eps: float = Field(1e-4, gt=0.0)  # vicreg: in sqrt(var + eps)
+    moco_queue_size: int = Field(1024, gt=0)  # mocov2: negatives kept (published 65536, for ImageNet)
+    moco_temperature: float = Field(0.2, gt=0.0)  # mocov2: InfoNCE temperature
 
 
 class SparseHeadConfig(_Section):
@@ -66,6 +121,7 @@ class AugmentConfig(_Section):
     grayscale_prob: float = Field(0.2, ge=0.0, le=1.0)
     blur_prob: float = Field(0.0, ge=0.0, le=1.0)
     blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_prob: float = Field(0.0, ge=0.0, le=1.0)  # invert pixels >= 0.5 (BYOL's second view: 0.2)
 
 
 class OptimConfig(_Section):
@@ -75,6 +131,17 @@ class OptimConfig(_Section):
     weight_decay: float = Field(5e-4, ge=0.0)
     warmup_epochs: int = Field(2, ge=0)
     eta: float = Field(1e-3, gt=0.0)  # LARS trust coefficient (SimCLR's, lightly's, timm's, solo-learn's)
+    # SGD: torch's fused kernel (one launch for all parameters); LARS (custom, per-parameter trust
+    # ratios) ignores it and stays unfused
+    fused: bool = False
+
+
+class DataFeedConfig(_Section):
+    """How training images reach the device: all at once (in memory) or streamed in chunks."""
+
+    streaming: Literal["auto", "on", "off"] = "auto"  # auto: stream when the images exceed the budget
+    memory_budget_gb: float = Field(8.0, gt=0.0)  # host/device memory the whole uint8 set may take
+    chunk_images: int = Field(65536, gt=0)  # images per streamed chunk (two chunks live at a time)
 
 
 class PretrainConfig(_Section):
@@ -91,7 +158,21 @@ class PretrainConfig(_Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on the CPU
     channels_last: bool | None = None  # None: on for CUDA
     num_threads: int | None = None  # torch CPU threads; None leaves torch's default
+    # torchrun: batch-norm statistics over the global batch. None: on for GPU ranks, off on the CPU
+    # (torch's SyncBatchNorm has no CPU kernel, so true is refused there).
+    sync_batchnorm: bool | None = None
+    data: DataFeedConfig = Field(default_factory=DataFeedConfig)
+    compile: bool = False  # torch.compile the encoder (pays on a GPU for long runs; compiles for minutes)
     out_dir: str = "models/pretrain"
+
+    @model_validator(mode="after")
+    def _input_the_backbone_can_take(self) -> PretrainConfig:
+        # The data's own side (image_size null) is checked when training builds the encoder.
+        low = MIN_INPUT_SIDE[self.backbone.name]
+        if self.image_size is not None and self.image_size < low:
+            raise ValueError(f"image_size: {self.image_size} is below the smallest side the {self.backbone.name} "
+                             f"backbone can take ({low}); set it to {low} or more")
+        return self
 
 
 class ProbeConfig(_Section):
@@ -112,6 +193,12 @@ class EvaluateConfig(_Section):
     plots_dir: str = "plots/eval"
 
 
+def _distinct_seeds(v: list[int]) -> list[int]:
+    if len(set(v)) != len(v) or min(v) < 0:
+        raise ValueError(f"seeds must be distinct and >= 0, got {v}")
+    return v
+
+
 class TuneConfig(_Section):
     study_name: str = "sparsehead-lambda"
     storage: str = "sqlite:///optuna.db"  # OPTUNA_STORAGE overrides; journal:<path> for a file journal
@@ -120,6 +207,11 @@ class TuneConfig(_Section):
     lambda_low: float = Field(1e-5, gt=0.0)
     lambda_high: float = Field(1e-1, gt=0.0)
     forms: list[Literal["l1", "group", "activation"]] = Field(default_factory=lambda: ["l1"])
+    updates: list[Literal["gradient", "proximal"]] = Field(default_factory=lambda: ["gradient"])
+    methods: list[str] | None = None  # None: pretrain.ssl.method only; more than one: searched, each its baseline
+    # Every trial (the baseline too) trains once per seed: each seed gives a paired difference
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    select: Literal["mean", "significant"] = "mean"  # significant: keep the baseline unless the gap's CI > 0
     epochs: int = Field(20, gt=0)  # the reduced budget of one trial
     objective: Literal["knn", "linear"] = "knn"
     eval_every: int = Field(5, gt=0)  # epochs between the intermediate kNN reports that feed the pruner
@@ -130,13 +222,24 @@ class TuneConfig(_Section):
     seed: int = 0
     enqueue_baseline: bool = True
     max_failed_trials: int = Field(3, ge=1)  # a worker gives up after this many failed trials in a row
+    # Network databases (PostgreSQL): a running trial beats every heartbeat_s seconds; one silent for grace_s
+    # (its worker died, on any host) is failed and queued again with the same params, at most max_retries times.
+    heartbeat_s: int = Field(30, gt=0)
+    grace_s: int | None = Field(None, gt=0)  # None: 2 x heartbeat_s
+    max_retries: int | None = Field(3, ge=0)  # None: retry a dead worker's trial for ever
+    storage_retry_s: float = Field(120.0, ge=0.0)  # how long a storage call waits out a database restart
     best_params: str = "best_params.json"
     out_metrics: str = "metrics/tune.json"
     plots_dir: str = "plots/tune"  # trials.csv, history.png, lambda.png[, importances.png]
 
+    _seeds = field_validator("seeds")(_distinct_seeds)
+
 
 class FinalConfig(_Section):
     epochs: int | None = None  # None: pretrain.epochs
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)  # the first is registered
+
+    _seeds = field_validator("seeds")(_distinct_seeds)
     out_dir: str = "models/final"
     out_metrics: str = "metrics/final.json"  # the evaluation of the final encoder
     train_metrics: str = "metrics/final_train.json"  # its last training epoch
@@ -187,21 +290,38 @@ class ConfigError(ValueError):
     """params.yaml is missing, unreadable or holds a value of the wrong kind."""
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Parse ``params.yaml``; a missing file means all defaults, a bad value raises ConfigError."""
+def load_params(path: str | Path = "params.yaml", *, must_exist: bool = False) -> Params:
+    """Parse ``params.yaml``; a bad value raises ConfigError naming the key.
+
+    A missing file means all defaults, unless ``must_exist`` (the stages: a misspelt ``--params`` must not
+    run silently on built-in defaults; the service, configured by environment, needs no file).
+    """
     path = Path(path)
     if not path.exists():
+        if must_exist:
+            raise ConfigError(f"{path}: params file not found (pass --params <file>, or run from the folder "
+                              "that holds params.yaml)")
         return Params()
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        raw = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (prepare:, pretrain:, ...), got "
+                          f"{type(raw).__name__}")
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{path}: {where}: {first['msg']}") from exc
+        msg = str(first["msg"]).removeprefix("Value error, ")
+        # A section's own check names its key first ("image_size: ..."): make that "prepare.image_size".
+        key, sep, rest = msg.partition(": ")
+        if sep and key.isidentifier():
+            where, msg = f"{where}.{key}" if where else key, rest
+        raise ConfigError(f"{path}: {where}: {msg}") from exc
 
 
 def flat_params(params: BaseModel, prefix: str = "") -> dict[str, object]:

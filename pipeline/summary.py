@@ -35,21 +35,30 @@ def summarise(params: Params) -> list[str]:
     k = min(params.evaluate.knn_k)
     lines = []
     pre, ev = _read("metrics/pretrain.json"), _read(params.evaluate.out_metrics)
+    sh = params.pretrain.sparsehead
     if pre:
-        lines.append(f"pretrain  lambda {params.pretrain.sparsehead.lam:g} ({params.pretrain.sparsehead.form}): "
-                     f"loss {_f(pre, 'loss_total', '.4f')}, {_f(pre, 'img_per_s', '.0f')} img/s")
+        lines.append(f"pretrain  {params.pretrain.ssl.method}, lambda {sh.lam:g} ({sh.form}, {sh.update}): loss "
+                     f"{_f(pre, 'loss_total', '.4f')}, head exact zeros {_f(pre, 'head_exact_zero_frac')}")
     if ev:
         lines.append(_model_line("evaluate", ev, k))
     tune, best = _read(params.tune.out_metrics), _read(params.tune.best_params)
     if tune and best:
-        who = "baseline (lambda 0)" if best.get("baseline") else f"lambda {best['lambda']:.3g} ({best['form']})"
-        lines.append(f"tune      best {who}: val {best['objective']} {_f(tune, 'best_value', '.4f')} vs baseline "
-                     f"{_f(tune, 'baseline_value', '.4f')} (gap {_f(tune, 'gap', '+.4f')}); "
+        who = (f"{best.get('method', '')} baseline (lambda 0)" if best.get("baseline")
+               else f"{best.get('method', '')} lambda {best['lambda']:.3g} ({best['form']}, {best.get('update', '')})")
+        gap = (f"gap {_f(tune, 'gap_mean', '+.4f')} [{_f(tune, 'gap_ci95_low', '+.4f')}, "
+               f"{_f(tune, 'gap_ci95_high', '+.4f')}], p {_f(tune, 'gap_p_value', '.2g')}")
+        lines.append(f"tune      chose {who}: val {best['objective']} best {_f(tune, 'best_mean', '.4f')} +- "
+                     f"{_f(tune, 'best_sd', '.4f')} vs baseline {_f(tune, 'baseline_mean', '.4f')} +- "
+                     f"{_f(tune, 'baseline_sd', '.4f')} over {_f(tune, 'seeds', '.0f')} seeds, {gap}; "
                      f"{_f(tune, 'trials_complete', '.0f')} complete, {_f(tune, 'trials_pruned', '.0f')} pruned, "
                      f"{_f(tune, 'trials_failed', '.0f')} failed")
     final = _read(params.final.out_metrics)
     if final:
         lines.append(_model_line("final", final, k))
+        if final.get("final_seeds", 1) > 1:
+            lines.append(f"          over {_f(final, 'final_seeds', '.0f')} seeds: test linear "
+                         f"{_f(final, 'test_linear_top1_mean')} +- {_f(final, 'test_linear_top1_sd')}, kNN@{k} "
+                         f"{_f(final, f'test_knn{k}_top1_mean')} +- {_f(final, f'test_knn{k}_top1_sd')}")
     reg = _read(params.registry.out_info)
     if reg:
         state = f"@{reg['alias']}" if reg.get("promoted") else f"not promoted (@{reg['alias']} kept)"

@@ -16,6 +16,7 @@ import uvicorn
 
 from pipeline.config import ConfigError
 from service.app import create_app
+from service.protocol import protocol_options
 from service.settings import load_settings
 
 
@@ -33,10 +34,6 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: {exc}")
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    if not settings.admin_token and settings.host not in ("127.0.0.1", "localhost", "::1"):
-        logging.getLogger("service").warning(
-            "listening on %s without SERVE_ADMIN_TOKEN: anyone who reaches the port can POST /admin/reload",
-            settings.host)
     if settings.torch_threads:
         # Per forward pass; with several workers, workers x threads should not exceed the cores.
         torch.set_num_threads(settings.torch_threads)
@@ -46,8 +43,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: {exc}")
     # log_config=None: uvicorn's own dictConfig would drop the root handler set up above, and with it the
     # service's messages; this way every logger shares one format.
+    # The protocol bounds header size and read times (service.protocol); the graceful shutdown outlasts a
+    # reload's deadline (reload_timeout_s < 30), so a reload in flight at shutdown still gets its answer.
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-                log_config=None, access_log=settings.access_log, timeout_graceful_shutdown=30)
+                log_config=None, access_log=settings.access_log, timeout_graceful_shutdown=30,
+                **protocol_options(settings.max_header_bytes, settings.header_timeout_s))
 
 
 if __name__ == "__main__":

@@ -17,12 +17,14 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from pipeline.device import resolve_device
-from pipeline.registry import load_registered
+from pipeline.tracking.registry import load_registered
+from service.admin import log_admin_state
 from service.batching import MicroBatcher
+from service.budget import DecodeBudget
 from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.middleware import MetricsMiddleware
-from service.model_store import Loader, ModelStore
+from service.model_store import Loader, ModelStore, bound_registry_http
 from service.routes import router
 from service.schemas import EmbeddingRequest
 from service.settings import Settings, load_settings
@@ -35,16 +37,24 @@ def create_app(settings: Settings | None = None, loader: Loader = load_registere
     """``loader(uri) -> LoadedModel`` fetches the model (tests pass one that blocks or wraps it)."""
     settings = settings or load_settings()
     resolve_device(settings.device)  # a bad device fails here, not in the background load
+    bound_registry_http(settings.registry_timeout_s, settings.registry_retries)
+    log_admin_state(settings)
     metrics = Metrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = ModelStore(settings.model_uri, settings.tracking_uri, settings.device, metrics, loader)
+        store = ModelStore(settings.model_uri, settings.tracking_uri, settings.device, metrics, loader,
+                           reload_timeout_s=settings.reload_timeout_s)
         batcher = MicroBatcher(lambda: store.current, max_batch_size=settings.max_batch_size,
                                max_wait_ms=settings.max_wait_ms, max_queue_images=settings.max_queue_images,
                                workers=settings.workers, metrics=metrics)
+        # Two pools: request parsing, image headers and cheap decodes in one, costly decodes in the other,
+        # so a flood of big images never queues in front of the small requests' work.
+        probe_pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="probe")
         decode_pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
-        app.state.store, app.state.batcher, app.state.decode_pool = store, batcher, decode_pool
+        app.state.store, app.state.batcher = store, batcher
+        app.state.probe_pool, app.state.decode_pool = probe_pool, decode_pool
+        app.state.decode_budget = DecodeBudget(settings.max_inflight_decode_pixels, metrics=metrics)
         await batcher.start()
         tasks = [asyncio.create_task(store.load_until_ready(), name="model-load")]
         if settings.reload_poll_s:
@@ -52,11 +62,13 @@ def create_app(settings: Settings | None = None, loader: Loader = load_registere
         try:
             yield
         finally:
+            store.close()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await batcher.stop()
-            decode_pool.shutdown(wait=False, cancel_futures=True)
+            for pool in (probe_pool, decode_pool):
+                pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title=TITLE, version=VERSION, lifespan=lifespan,
                   description="Image embeddings from the registered SparseHead encoder.")

@@ -100,9 +100,7 @@ class MicroBatcher:
         model = model if model is not None else self._model()
         if model is None:
             raise NotReady("the model is not loaded yet")
-        if self._outstanding + n > self.max_queue_images:
-            raise QueueFull(f"{self._outstanding} images are already waiting and this request adds {n} "
-                            f"(limit {self.max_queue_images}); retry later")
+        self.ensure_room(n)
         future = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(images, model, future, time.perf_counter()))
         self._queued_images += n
@@ -114,6 +112,13 @@ class MicroBatcher:
             # The client went away; its rows are computed anyway if the batch already formed.
             future.cancel()
             raise
+
+    def ensure_room(self, n: int) -> None:
+        """Raise :class:`QueueFull` unless ``n`` more images fit; also called before decoding, so a full
+        queue refuses a request before its images cost anything."""
+        if self._outstanding + n > self.max_queue_images:
+            raise QueueFull(f"{self._outstanding} images are already waiting and this request adds {n} "
+                            f"(limit {self.max_queue_images}); retry later")
 
     def _add_outstanding(self, n: int) -> None:
         self._outstanding += n

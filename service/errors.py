@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.batching import NotReady, QueueFull
+from service.budget import DecodeBusy
 from service.imaging import ImageError
 from service.metrics import Metrics
 
@@ -25,12 +26,17 @@ log = logging.getLogger(__name__)
 ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
+    403: "permission_error",
     404: "not_found_error",
     405: "method_not_allowed",
+    408: "request_timeout",
+    409: "conflict",
     413: "request_too_large",
     415: "unsupported_media_type",
     422: "invalid_request_error",
     429: "rate_limit_error",
+    431: "request_header_fields_too_large",
+    499: "client_closed_request",  # nginx's status for a client that left first; never sent to anyone
     500: "server_error",
     503: "service_unavailable",
 }
@@ -47,6 +53,10 @@ class ApiError(Exception):
         self.type = type or ERROR_TYPES.get(status, "invalid_request_error")
         self.index = index
         self.headers = dict(headers or {})
+
+
+class ClientAborted(Exception):
+    """The client closed the connection before its body arrived (counted as 499, not as a server error)."""
 
 
 def error_response(status: int, message: str, *, type: str | None = None, index: int | None = None,
@@ -97,6 +107,15 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     async def on_queue_full(_: Request, exc: QueueFull) -> JSONResponse:
         return respond(429, str(exc), type="queue_full", headers={"Retry-After": "1"})
 
+    async def on_decode_busy(_: Request, exc: DecodeBusy) -> JSONResponse:
+        return respond(429, str(exc), type="decode_busy", headers={"Retry-After": "1"})
+
+    async def on_client_aborted(request: Request, exc: ClientAborted) -> JSONResponse:
+        # The client's doing, not a server error: one line, no traceback, counted under status 499. The
+        # response goes nowhere (the connection is gone); it is what the metrics middleware records.
+        log.info("client aborted %s %s: %s", request.method, request.url.path, exc)
+        return respond(499, str(exc))
+
     async def on_not_ready(_: Request, exc: NotReady) -> JSONResponse:
         return respond(503, str(exc), type="not_ready", headers={"Retry-After": "5"})
 
@@ -115,6 +134,8 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(ImageError, on_image_error)
     app.add_exception_handler(QueueFull, on_queue_full)
+    app.add_exception_handler(DecodeBusy, on_decode_busy)
+    app.add_exception_handler(ClientAborted, on_client_aborted)
     app.add_exception_handler(NotReady, on_not_ready)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)

@@ -36,6 +36,9 @@ class Metrics:
                                         buckets=_LATENCY_BUCKETS, registry=r)
         self.queue_images = Gauge(f"{prefix}_queue_images", "Images queued or in a running forward pass.",
                                   registry=r)
+        self.decode_pixels = Gauge(f"{prefix}_decode_pixels",
+                                   "Pixels being decoded by requests in flight (the decode budget in use).",
+                                   registry=r)
         self.rejected = Counter(f"{prefix}_rejected", "Requests refused before inference, by reason.",
                                 ["reason"], registry=r)
         self.model_info = Gauge(f"{prefix}_model_info", "The served model (value 1).",

@@ -3,14 +3,23 @@
 A batch takes a reference to :attr:`ModelStore.current` when it forms and runs with it to the end, so
 a reload (a plain reference swap after the new model is loaded and warmed up) never fails or mixes
 versions for requests in flight.
+
+A reload is bounded: its blocking work (registry look-up, download, warm-up) runs in the store's own
+thread, one at a time; a second reload while one runs is refused at once (:class:`ReloadInProgress`,
+HTTP 409) instead of waiting on a lock; a caller waits at most its deadline (:class:`ReloadTimeout`,
+HTTP 503), after which the load goes on in the background and is swapped in if it succeeds. MLflow's
+own HTTP timeout and retries are set short for this process (:func:`bound_registry_http`), so a lost
+tracking server fails a load in seconds rather than minutes of retries.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import mlflow
@@ -21,7 +30,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.data.preprocess import to_model_input
 from pipeline.device import resolve_device
-from pipeline.registry import METRIC_TAG_PREFIX, LoadedModel, load_registered
+from pipeline.tracking.registry import METRIC_TAG_PREFIX, LoadedModel, load_registered
 from service.imaging import FORMATS
 from service.metrics import Metrics
 
@@ -93,6 +102,26 @@ def _number(v: object) -> object:
         return v
 
 
+class ReloadInProgress(RuntimeError):
+    """A reload is already running (HTTP 409); this one did not start."""
+
+
+class ReloadTimeout(RuntimeError):
+    """The reload did not finish within its deadline (HTTP 503); it goes on in the background."""
+
+
+class ShuttingDown(RuntimeError):
+    """The service is stopping; no reload starts (HTTP 503)."""
+
+
+def bound_registry_http(timeout_s: int, retries: int, env: dict[str, str] | os._Environ = os.environ) -> None:
+    """Short MLflow HTTP timeouts and retries for this process (MLflow reads them at each request), unless
+    the operator set them: by default MLflow retries 7 times with exponential back-off, minutes in all."""
+    env.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout_s))
+    env.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(retries))
+    env.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+
+
 @dataclass
 class ReloadResult:
     changed: bool
@@ -102,19 +131,33 @@ class ReloadResult:
 
 class ModelStore:
     def __init__(self, uri: str, tracking_uri: str, device: str = "cpu", metrics: Metrics | None = None,
-                 loader: Loader = load_registered) -> None:
+                 loader: Loader = load_registered, reload_timeout_s: float | None = None) -> None:
         self.uri = uri
         self.tracking_uri = tracking_uri
         self.device = resolve_device(device)
         self.metrics = metrics
+        self.reload_timeout_s = reload_timeout_s
         self._loader = loader
         self._current: ServedModel | None = None
-        self._lock = asyncio.Lock()  # one load at a time; requests never wait on it
+        # One load at a time, in a thread of its own: requests never wait on it, and a load stuck on the
+        # network never holds a lock anyone else needs.
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="model-load")
+        self._job: asyncio.Future | None = None
+        self._closing = False
         self.last_error: str | None = None
 
     @property
     def current(self) -> ServedModel | None:
         return self._current
+
+    @property
+    def reloading(self) -> bool:
+        return self._job is not None and not self._job.done()
+
+    def close(self) -> None:
+        """Shutdown: no reload starts any more; a load still running is abandoned, never swapped in."""
+        self._closing = True
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _load_blocking(self) -> ServedModel:
         mlflow.set_tracking_uri(self.tracking_uri)
@@ -144,36 +187,67 @@ class ModelStore:
             return str(max(int(v.version) for v in versions)) if versions else None
         return None
 
-    async def reload(self, force: bool = True) -> ReloadResult:
-        """Load the URI's model and swap it in; without ``force``, only when the alias points elsewhere."""
-        async with self._lock:
-            previous = self._current.loaded.version if self._current else None
-            if not force and self._current is not None:
-                target = await asyncio.to_thread(self._resolve_version_blocking)
-                if target is None or target == previous:
-                    return ReloadResult(False, previous, previous)
-            try:
-                served = await asyncio.to_thread(self._load_blocking)
-            except Exception as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                if self.metrics:
-                    self.metrics.reloads.labels("error").inc()
-                raise
-            self._current = served  # the swap: one reference assignment
-            self.last_error = None
-            lm = served.loaded
+    def _fetch_blocking(self, force: bool, previous: str | None) -> ServedModel | None:
+        """The new model, or None when the URI still points at ``previous`` (and not ``force``)."""
+        if not force and previous is not None:
+            target = self._resolve_version_blocking()
+            if target is None or target == previous:
+                return None
+        return self._load_blocking()
+
+    def _finish(self, job: asyncio.Future) -> None:
+        # A done-callback, so the outcome is applied whether or not anyone still waits for it.
+        if job.cancelled():
+            return
+        exc = job.exception()
+        if exc is not None:
+            self.last_error = f"{type(exc).__name__}: {exc}"
             if self.metrics:
-                self.metrics.reloads.labels("ok").inc()
-                self.metrics.set_model(lm.name, lm.version, lm.alias)
-            log.info("serving %s (name=%s version=%s) on %s", self.uri, lm.name, lm.version, self.device)
-            return ReloadResult(previous != lm.version or previous is None, previous, lm.version)
+                self.metrics.reloads.labels("error").inc()
+            return
+        served = job.result()
+        if served is None or self._closing:
+            return
+        self._current = served  # the swap: one reference assignment
+        self.last_error = None
+        lm = served.loaded
+        if self.metrics:
+            self.metrics.reloads.labels("ok").inc()
+            self.metrics.set_model(lm.name, lm.version, lm.alias)
+        log.info("serving %s (name=%s version=%s) on %s", self.uri, lm.name, lm.version, self.device)
+
+    async def reload(self, force: bool = True, timeout_s: float | None = -1.0) -> ReloadResult:
+        """Load the URI's model and swap it in; without ``force``, only when the alias points elsewhere.
+
+        Waits at most ``timeout_s`` (default: the store's ``reload_timeout_s``; None: no deadline)."""
+        if self._closing:
+            raise ShuttingDown("the service is shutting down")
+        if self.reloading:
+            raise ReloadInProgress(f"a reload of {self.uri} is already in progress; retry when it is done")
+        timeout = self.reload_timeout_s if timeout_s == -1.0 else timeout_s
+        previous = self._current.loaded.version if self._current else None
+        job = asyncio.get_running_loop().run_in_executor(self._executor, self._fetch_blocking, force, previous)
+        self._job = job
+        job.add_done_callback(self._finish)
+        try:
+            async with asyncio.timeout(timeout):
+                served = await asyncio.shield(job)  # a deadline or a cancelled caller never cancels the load
+        except TimeoutError:
+            raise ReloadTimeout(f"the reload of {self.uri} did not finish within {timeout:g} s; it goes on in "
+                                "the background and the new model is swapped in if it loads") from None
+        current = self._current.loaded.version if self._current else None
+        if served is None:
+            return ReloadResult(False, previous, previous)
+        return ReloadResult(previous != current or previous is None, previous, current)
 
     async def load_until_ready(self, first_retry_s: float = 1.0, max_retry_s: float = 30.0) -> None:
         """Start-up: keep trying (the registry may not hold the model yet) until one load succeeds."""
         delay = first_retry_s
         while self._current is None:
             try:
-                await self.reload(force=True)
+                await self.reload(force=True, timeout_s=None)  # a first download may take long: no deadline
+            except ShuttingDown:
+                return
             except Exception as exc:  # logged and retried: /readyz reports it meanwhile
                 log.error("cannot load %s (retrying in %.0f s): %s", self.uri, delay, exc)
                 await asyncio.sleep(delay)
@@ -189,6 +263,10 @@ class ModelStore:
                 res = await self.reload(force=False)
                 if res.changed:
                     log.info("alias moved: version %s -> %s", res.previous, res.current)
-            except (MlflowException, OSError, ValueError) as exc:
+            except ReloadInProgress:
+                continue  # an admin reload is on it
+            except ShuttingDown:
+                return
+            except (MlflowException, OSError, ValueError, ReloadTimeout) as exc:
                 log.warning("poll of %s failed, still serving version %s: %s", self.uri,
                             self._current.loaded.version if self._current else None, exc)

@@ -1,23 +1,24 @@
 """An /v1/embeddings request body -> its options and its images as one uint8 (N, S, S, C) array.
 
-:func:`read_body` caps the body at ``max_request_bytes`` while it streams in (on the event loop, where
-it only awaits). :func:`parse_and_decode` is plain blocking work (JSON or multipart parsing, base64,
-image decoding and resizing) and runs in the decode thread pool. Every client mistake becomes an
+:func:`read_body` caps the body at ``max_request_bytes`` and its read time at ``body_timeout_s`` while it
+streams in (on the event loop, where it only awaits). :func:`parse_and_probe` is plain blocking work
+(JSON or multipart parsing, base64, reading each image's header) and runs in a thread; it tells what
+decoding will cost before anything is decoded. Every client mistake becomes an
 :class:`~service.errors.ApiError` or an :class:`~service.imaging.ImageError` with its status.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 
-import numpy as np
 from pydantic import ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from pipeline.data.preprocess import InputSpec
-from service.errors import ApiError, describe_validation_errors
-from service.imaging import ImageLimits, RawImage, decode_all
+from service.errors import ApiError, ClientAborted, describe_validation_errors
+from service.imaging import ImageLimits, Probed, RawImage, probe_all
 from service.multipart import MultipartError, TooManyParts, parse_form
 from service.schemas import EmbeddingRequest, FormOptions
 
@@ -46,18 +47,27 @@ def body_kind(content_type: str | None) -> str:
     raise ApiError(415, f"{got} is not supported: send application/json or multipart/form-data")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refused (413) as soon as it is known to exceed ``limit`` bytes."""
+async def read_body(request: Request, limit: int, timeout_s: float | None = None) -> bytes:
+    """The whole body, refused (413) as soon as it is known to exceed ``limit`` bytes, and (408) when it
+    has not all arrived within ``timeout_s``: a client that announces 100 bytes and sends 10 does not
+    hold a connection and a task for ever."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"request body of {int(declared)} bytes is over the limit of {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:  # chunked uploads declare no length: count as they come
-            raise ApiError(413, f"request body is over the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:  # chunked uploads declare no length: count as they come
+                    raise ApiError(413, f"request body is over the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(408, f"the request body did not arrive within {timeout_s:g} s ({size} bytes came)",
+                       headers={"Connection": "close"}) from None
+    except ClientDisconnect:
+        raise ClientAborted(f"the client went away after {size} bytes of its body") from None
     return b"".join(chunks)
 
 
@@ -117,8 +127,15 @@ def parse_multipart(body: bytes, content_type: str, max_images: int) -> ParsedRe
     return ParsedRequest(files, opts.layer, opts.normalize, opts.encoding_format)
 
 
-def parse_and_decode(body: bytes, kind: str, content_type: str, spec: InputSpec, max_images: int,
-                     limits: ImageLimits) -> tuple[ParsedRequest, np.ndarray]:
-    """Blocking: the request's options and its images, decoded and fitted to ``spec``."""
+def parse_and_probe(body: bytes, kind: str, content_type: str, spec: InputSpec, max_images: int,
+                    limits: ImageLimits, max_request_pixels: int) -> tuple[ParsedRequest, list[Probed]]:
+    """Blocking: the request's options and its images, headers read and checked but not decoded; a
+    request whose images together would decode to more than ``max_request_pixels`` is a 413."""
     parsed = parse_json(body, max_images) if kind == JSON else parse_multipart(body, content_type, max_images)
-    return parsed, decode_all(parsed.items, spec, limits)
+    probed = probe_all(parsed.items, spec, limits)
+    cost = sum(p.cost for p in probed)
+    if cost > max_request_pixels:
+        raise ApiError(413, f"the request's {len(probed)} images decode to {cost} pixels, over the limit of "
+                            f"{max_request_pixels} pixels per request; split it into several requests",
+                       type="request_too_large")
+    return parsed, probed

@@ -24,9 +24,28 @@ class Settings(ServeConfig):
     tracking_uri: str = "sqlite:///mlflow.db"
     device: str = "cpu"  # cpu | cuda | cuda:N | auto
     max_request_bytes: int = Field(64 * 1024 * 1024, gt=0)  # whole HTTP body, before any parsing
-    admin_token: str | None = None  # when set, /admin/reload needs "Authorization: Bearer <token>"
+    # When set, /admin/reload needs "Authorization: Bearer <token>"; unset, the admin routes are only
+    # served on a loopback address (anywhere else they answer 403, see service.admin).
+    admin_token: str | None = None
     torch_threads: int | None = Field(None, gt=0)  # intra-op threads; applied by `python -m service` only
     decode_workers: int = Field(min(4, os.cpu_count() or 1), gt=0)  # threads decoding images off the loop
+    # Decode work, in decoded pixels (see service.imaging and service.budget). max_image_pixels (params.yaml)
+    # bounds what an image's header may claim; these bound what is really decoded: one image (a JPEG is
+    # decoded at a reduced scale, so a 12-megapixel photo costs a fraction of this; a PNG, GIF, BMP,
+    # TIFF, WebP... is decoded whole and must fit from its header), one request, and all requests in flight
+    # (past it: 429).
+    max_decode_pixels: int = Field(4_194_304, gt=0)  # 2048 x 2048
+    max_request_decode_pixels: int = Field(33_554_432, gt=0)  # 8 such images
+    max_inflight_decode_pixels: int = Field(67_108_864, gt=0)  # 2 such requests
+    # The connection (see service.protocol): a request's header block, its header and body read times.
+    max_header_bytes: int = Field(65_536, gt=0)
+    header_timeout_s: float = Field(10.0, gt=0)
+    body_timeout_s: float = Field(30.0, gt=0)
+    # Reloads: the whole reload's deadline (shorter than the 30 s graceful shutdown, so a reload in flight
+    # at shutdown still answers), and MLflow's own HTTP timeout and retries for this process.
+    reload_timeout_s: float = Field(20.0, gt=0, lt=30)
+    registry_timeout_s: int = Field(5, ge=1)  # MLflow reads whole seconds
+    registry_retries: int = Field(1, ge=0)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     access_log: bool = True  # uvicorn's line per request
 
@@ -41,6 +60,11 @@ class Settings(ServeConfig):
         if self.max_queue_images < self.max_images_per_request:
             raise ValueError(f"max_queue_images ({self.max_queue_images}) must be >= max_images_per_request "
                              f"({self.max_images_per_request})")
+        # Likewise for the decode budgets: a request that fits the per-request budget must fit in flight.
+        if not self.max_decode_pixels <= self.max_request_decode_pixels <= self.max_inflight_decode_pixels:
+            raise ValueError(f"decode budgets must grow: max_decode_pixels ({self.max_decode_pixels}) <= "
+                             f"max_request_decode_pixels ({self.max_request_decode_pixels}) <= "
+                             f"max_inflight_decode_pixels ({self.max_inflight_decode_pixels})")
         return self
 
 

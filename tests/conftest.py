@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from pipeline.data.arrays import Dataset, Split, save_dataset
+from tests.servers import mlflow_server, postgres  # noqa: F401  (session fixtures: real servers)
 
 
 def four_class_split(n: int, seed: int) -> Split:

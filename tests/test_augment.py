@@ -34,9 +34,11 @@ from pipeline.engine.augment import (
     random_gaussian_blur,
     random_grayscale,
     random_resized_crop,
+    random_solarize,
     rgb_to_hsv,
     sample_crop_params,
     sample_jitter_params,
+    solarize_where,
 )
 
 torch.set_num_threads(1)
@@ -307,6 +309,34 @@ def test_random_blur_picks_images() -> None:
     unchanged = (y == x).flatten(1).all(dim=1)
     assert 0 < unchanged.sum() < 64
     assert torch.equal(random_gaussian_blur(x, 0.0, (1.0, 2.0), 3, make_generator(0)), x)
+
+
+# --------------------------------------------------------------------------- solarisation
+
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_solarize_matches_torchvision_on_the_picked_images(c: int) -> None:
+    import torchvision.transforms.v2.functional as F2
+
+    x = images(4, c, 8, 8)
+    x[0, 0, 0, 0] = 0.5  # at the threshold: inverted, as torchvision's ``>=``
+    mask = torch.tensor([True, False, True, False])
+    y = solarize_where(x, mask)
+    for i in range(4):
+        ref = F2.solarize(x[i], threshold=0.5) if mask[i] else x[i]
+        assert torch.equal(y[i], ref), i
+    assert y[0, 0, 0, 0] == 0.5
+
+
+def test_random_solarize_picks_images_and_runs_last_in_the_pipeline() -> None:
+    x = images(64, 1, 8, 8)
+    y = random_solarize(x, 0.5, make_generator(0))
+    unchanged = (y == x).flatten(1).all(dim=1)
+    assert 0 < unchanged.sum() < 64
+    assert torch.equal(random_solarize(x, 0.0, make_generator(0)), x)
+    on = IDENTITY.model_copy(update={"solarize_prob": 1.0})
+    torch.testing.assert_close(SimCLRAugment(on, 8)(x, make_generator(0)), solarize_where(x, torch.ones(64, dtype=bool)),
+                               atol=1e-6, rtol=0)
 
 
 # --------------------------------------------------------------------------- one channel, errors, device

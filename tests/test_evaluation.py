@@ -28,7 +28,7 @@ from pipeline.evaluation import (
     linear_probe,
     rankme,
     spectrum_stats,
-    validation_score,
+    validation_report,
 )
 from pipeline.evaluation.spectrum import log_spectrum
 from pipeline.models import Encoder, EncoderSpec, save_encoder
@@ -201,7 +201,23 @@ def test_spectrum_matches_numpy_covariance_of_normalised_features():
     assert np.all(np.diff(stats.singular_values) <= 0)
     assert stats.singular_values[3:].max() < 1e-12
     assert stats.dims99 <= 3
-    assert stats.rankme == pytest.approx(rankme(np.linalg.svd(xn, compute_uv=False)), rel=1e-6)
+    assert stats.rankme_l2 == pytest.approx(rankme(np.linalg.svd(xn, compute_uv=False)), rel=1e-6)
+
+
+def test_rankme_is_the_published_one_on_the_raw_matrix():
+    # Garrido et al.: singular values of the raw feature matrix. Rows of very different norms make the
+    # raw and the row-normalised variants disagree; each must match its own SVD.
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(300, 6, generator=g, dtype=torch.float64) * torch.tensor([10.0, 5, 1, 1, 0.5, 0.1],
+                                                                               dtype=torch.float64)
+    x[:50] *= 20.0
+    stats = spectrum_stats(x)
+    raw = rankme(np.linalg.svd(x.numpy(), compute_uv=False))
+    xn = x.numpy() / np.linalg.norm(x.numpy(), axis=1, keepdims=True)
+    normalised = rankme(np.linalg.svd(xn, compute_uv=False))
+    assert stats.rankme == pytest.approx(raw, rel=1e-6)
+    assert stats.rankme_l2 == pytest.approx(normalised, rel=1e-6)
+    assert abs(raw - normalised) > 0.1
 
 
 def test_dims99_on_known_spectra():
@@ -248,7 +264,7 @@ def _expected_keys(prefix: str = "") -> set[str]:
     for s in ("", "_z"):
         keys |= {f"{split}_linear_top{k}{s}" for split in ("val", "test") for k in (1, 5)}
         keys |= {f"{split}_knn{k}_top1{s}" for split in ("val", "test") for k in KNN_K}
-        keys |= {f"rankme{s}", f"dims99{s}", f"linear_weight_decay{s}"}
+        keys |= {f"rankme{s}", f"rankme_l2{s}", f"dims99{s}", f"linear_weight_decay{s}"}
     keys |= {"head_l1_layer0", "head_l1_layer1", "head_sparsity_layer0", "head_sparsity_layer1", "head_sparsity", "head_exact_zero_frac",
              "head_features_used", "head_features_used_frac"}
     return {prefix + k for k in keys}
@@ -278,8 +294,11 @@ def test_evaluate_encoder_reports_every_documented_key():
     assert (res.test_pred == test.labels).mean() == pytest.approx(m["test_linear_top1"])
     # The tuning scores reuse the same code on validation, with the same numbers.
     assert knn_score(enc, train, val, cfg, "cpu") == pytest.approx(m["val_knn2_top1"])
-    assert validation_score(enc, train, val, 3, cfg, "cpu", 0, "linear") == pytest.approx(m["val_linear_top1"])
-    assert validation_score(enc, train, val, 3, cfg, "cpu", 0, "knn") == pytest.approx(m["val_knn2_top1"])
+    rep = validation_report(enc, train, val, 3, cfg, "cpu", 0, "linear")
+    assert rep["linear"] == pytest.approx(m["val_linear_top1"])
+    assert rep["knn"] == pytest.approx(m["val_knn2_top1"])
+    assert (rep["rankme"], rep["rankme_z"]) == (pytest.approx(m["rankme"]), pytest.approx(m["rankme_z"]))
+    assert "linear" not in validation_report(enc, train, val, 3, cfg, "cpu", 0, "knn")
 
 
 def test_evaluate_encoder_without_test_or_random_baseline():

@@ -34,7 +34,7 @@ from pipeline.config import ConfigError, RegisterConfig, TrackingConfig
 from pipeline.data.preprocess import InputSpec, convert_channels
 from pipeline.evaluation.features import Features, extract_features
 from pipeline.models import Encoder, EncoderSpec
-from pipeline.registry import LoadedModel, load_registered, log_encoder_model, register_encoder
+from pipeline.tracking.registry import LoadedModel, load_registered, log_encoder_model, register_encoder
 from service.app import create_app
 from service.settings import Settings, load_settings
 

@@ -82,3 +82,58 @@ def test_l1_gradient_step_shrinks_weights():
     after = sum(layer.weight.abs().sum().item() for layer in head.linear_layers())
     assert after < before
     assert isinstance(head.net[-1], nn.Linear)
+
+
+def test_proximal_l1_is_the_soft_threshold():
+    head = small_head()
+    reg = SparseHeadRegularizer("l1", 0.5, update="proximal")
+    assert reg.proximal and not reg.in_loss
+    reg.proximal_step(head, lr=2.0)  # threshold lr * lambda = 1
+    w1, w2 = head.linear_layers()
+    # sign(w) max(|w| - 1, 0), by hand: 1 -> 0, -2 -> -1, 3 -> 2; 0.5, -0.5 -> 0; 4 -> 3.
+    assert torch.equal(w1.weight, torch.tensor([[0.0, -1.0, 0.0], [2.0, 0.0, 0.0]]))
+    assert torch.equal(w2.weight, torch.tensor([[0.0, 0.0], [0.0, 3.0]]))
+    assert torch.equal(w2.bias, torch.tensor([100.0, -100.0]))  # biases untouched
+
+
+def test_proximal_group_shrinks_whole_columns():
+    head = small_head()
+    SparseHeadRegularizer("group", 1.0, update="proximal").proximal_step(head, lr=2.5)  # threshold 2.5
+    w1, w2 = head.linear_layers()
+    # Column norms sqrt(10), 2, 0: the first scales by 1 - 2.5 / sqrt(10), the second (2 < 2.5) goes to zero.
+    scale = 1 - 2.5 / 10 ** 0.5
+    expected = torch.tensor([[1.0 * scale, 0.0, 0.0], [3.0 * scale, 0.0, 0.0]])
+    assert torch.allclose(w1.weight, expected, atol=1e-7) and (w1.weight[:, 1:] == 0).all()
+    assert torch.equal(w2.weight, torch.tensor([[0.5, -0.5], [0.0, 4.0]]))  # group acts on layer 1 only
+
+
+def test_activation_form_stays_a_gradient_penalty_under_proximal():
+    reg = SparseHeadRegularizer("activation", 0.1, update="proximal")
+    assert not reg.proximal and reg.in_loss
+    head = small_head()
+    before = [w.weight.clone() for w in head.linear_layers()]
+    reg.proximal_step(head, lr=1.0)
+    assert all(torch.equal(a, w.weight) for a, w in zip(before, head.linear_layers(), strict=True))
+
+
+def test_exact_zero_share_counts_only_exact_zeros():
+    stats = head_stats(small_head())
+    # W1 has 3 zeros of 6, W2 one of 4: 4 of 10.
+    assert stats["head_exact_zero_frac"] == pytest.approx(4 / 10)
+
+
+def test_proximal_training_makes_exact_zeros_where_the_gradient_update_leaves_none():
+    from pipeline.config import PretrainConfig
+    from pipeline.engine.trainer import train
+    from tests.conftest import four_class_split
+
+    torch.set_num_threads(1)
+    images = four_class_split(96, 0).images
+    base = {"backbone": {"name": "small", "width": 4}, "head": {"hidden_dims": [16], "out_dim": 8},
+            "batch_size": 32, "epochs": 4, "device": "cpu", "optim": {"warmup_epochs": 0}}
+    zeros = {}
+    for update in ("gradient", "proximal"):
+        cfg = PretrainConfig.model_validate({**base, "sparsehead": {"lambda": 0.5, "update": update}})
+        zeros[update] = train(cfg, images, seed=0, progress=False).final["head_exact_zero_frac"]
+    assert zeros["gradient"] == 0.0
+    assert zeros["proximal"] > 0.2

@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
 import yaml
@@ -128,45 +129,82 @@ def _dvc(cwd: Path, *args: str, env: dict[str, str]) -> str:
     return proc.stdout
 
 
-def test_dvc_repro_runs_every_stage_then_has_nothing_to_do(tmp_path):
-    """The real dvc.yaml on a copy of the repository, with small params: all six stages, then a no-op."""
-    work = tmp_path / "repo"
-    work.mkdir()
-    for name in ("dvc.yaml", "pipeline", "stages", ".dvcignore"):
+def _git(cwd: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
+
+
+def test_a_fresh_clone_runs_every_stage_and_produces_the_study(tmp_path):
+    """The real dvc.yaml, as a newcomer meets it. A first clone runs the pipeline on small params and
+    commits what a project commits (dvc.lock, .gitignore); a fresh clone of *that* must still run every
+    stage (results are DVC-cached, not in git), leaving the study, its MLflow runs and the model in its own
+    stores; then a second `dvc repro` has nothing to do."""
+    first = tmp_path / "first"
+    _git(tmp_path, "clone", "-q", str(REPO), str(first))
+    # This working tree's code and config over the clone (the same files in CI, which tests a clean clone).
+    for name in ("dvc.yaml", "pipeline", "stages", ".dvcignore", ".gitignore"):
         src = REPO / name
-        (shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__"))
-         if src.is_dir() else shutil.copy(src, work / name))
+        if src.is_dir():
+            shutil.rmtree(first / name, ignore_errors=True)
+            shutil.copytree(src, first / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, first / name)
     # The repository's params.yaml (DVC needs every key it names) with the small budget on top.
-    tiny = tiny_params(work)
+    tiny = tiny_params(first)
     tiny["tracking"] = {"experiment": "dvc-e2e"}  # the embedded defaults: sqlite:///mlflow.db, mlartifacts/
-    tiny["tune"] = {**tiny["tune"], "storage": "sqlite:///optuna.db"}
+    tiny["tune"] = {**tiny["tune"], "storage": "sqlite:///optuna.db", "seeds": [0, 1]}
+    tiny["final"] = {"seeds": [0, 1]}
     tiny["evaluate"]["random_baseline"] = True
     params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), tiny)
-    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    (first / "params.yaml").write_text(yaml.safe_dump(params))
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "OPTUNA_STORAGE")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONPATH"] = str(work)
-    subprocess.run(["git", "init", "-q"], cwd=work, check=True)
-    _dvc(work, "init", "-q", env=env)
-    _dvc(work, "config", "core.analytics", "false", env=env)
+    env["DVC_NO_ANALYTICS"] = "1"
+    env["PYTHONPATH"] = str(first)
+    _dvc(first, "repro", env=env)
+    _git(first, "add", "-A")
+    _git(first, "commit", "-qm", "small pipeline run")
+    assert not _git(first, "ls-files", "metrics", "plots", "best_params.json").strip()  # results not in git
 
+    work = tmp_path / "fresh"
+    _git(tmp_path, "clone", "-q", str(first), str(work))
+    env["PYTHONPATH"] = str(work)
     out = _dvc(work, "repro", env=env)
     for stage in ("prepare", "pretrain", "evaluate", "tune", "final", "register"):
         assert f"Running stage '{stage}'" in out
     for path in ("data/prepared/manifest.json", "models/pretrain/encoder.pt", "metrics/eval.json",
                  "best_params.json", "metrics/tune.json", "models/final/encoder.pt", "metrics/final.json",
-                 "metrics/register.json", "dvc.lock", "mlflow.db", "optuna.db"):
+                 "models/final/seeds/seed1/encoder.pt", "metrics/register.json", "mlflow.db", "optuna.db"):
         assert (work / path).exists(), path
     assert json.loads((work / "metrics/register.json").read_text())["version"] == 1
+
+    # The study is in this clone's Optuna storage, its parent and nested trial runs in this clone's MLflow.
+    best = json.loads((work / "best_params.json").read_text())
+    study = optuna.load_study(study_name=best["study"], storage=f"sqlite:///{work / 'optuna.db'}")
+    assert len(study.get_trials()) == 2
+    client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
+    parent = client.get_run(best["mlflow_parent_run_id"])
+    assert parent.data.tags["stage"] == "tune"
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(children) == 2 and best["mlflow_run_id"] in {r.info.run_id for r in children}
+    tune = json.loads((work / "metrics/tune.json").read_text())
+    assert tune["seeds"] == 2
+    assert tune["gap_ci95_low"] <= tune["gap_mean"] <= tune["gap_ci95_high"]
+    assert {"best_mean", "baseline_mean", "gap_p_value"} <= set(tune)
+    final = json.loads((work / "metrics/final.json").read_text())
+    assert final["final_seeds"] == 2 and "test_linear_top1_sd" in final
+    version = client.get_model_version(NAME, "1")
+    assert version.tags["tune.choice"] == best["choice"] and version.tags["tune.reason"] == best["reason"]
 
     again = _dvc(work, "repro", env=env)
     assert "Running stage" not in again and "up to date" in again
     assert "changed" not in _dvc(work, "status", env=env)
     shown = _dvc(work, "metrics", "show", "--json", env=env)
-    assert "test_linear_top1" in shown and "best_value" in shown
+    assert "test_linear_top1" in shown and "gap_mean" in shown
     summary = subprocess.run([sys.executable, "-m", "pipeline.summary"], cwd=work, env=env, capture_output=True,
                              text=True, check=True).stdout.splitlines()
-    assert [line.split()[0] for line in summary] == ["pretrain", "evaluate", "tune", "final", "register"]
+    assert [line.split()[0] for line in summary] == ["pretrain", "evaluate", "tune", "final", "over", "register"]
     assert summary[-1].endswith("@champion")
 
     # The registered champion loads in a fresh process without this repository's code.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from pipeline.cli import StageError, stage_main
 from pipeline.config import Params, load_params
 from pipeline.stages.tune import run as tune_body
 from pipeline.tracking.trials import PARENT_ATTR, PARENT_RUN_TAG, RUN_ATTR, STATE_TAG
+from pipeline.tuning.objective import SEED_VALUES_ATTR, VALUE_SD_ATTR
 from pipeline.tuning.report import TRIAL_COLUMNS, write_report
 from pipeline.tuning.space import BASELINE_ATTR, LAMBDA_ATTR, study_name
 from pipeline.tuning.storage import open_storage
@@ -29,6 +31,7 @@ from pipeline.tuning.worker import run_tuning
 REPO = Path(__file__).resolve().parents[1]
 N_TRIALS = 3
 EPOCHS = 2
+SEEDS = [0, 1]
 
 
 def _params_dict(tmp_path: Path, **tune: object) -> dict:
@@ -43,7 +46,8 @@ def _params_dict(tmp_path: Path, **tune: object) -> dict:
         "evaluate": {"val_fraction": 0.25, "batch_size": 64, "knn_k": [3],
                      "probe": {"epochs": 3, "batch_size": 32, "weight_decays": [0.0]}},
         "tune": {"storage": f"sqlite:///{tmp_path / 'optuna.db'}", "n_trials": N_TRIALS, "epochs": EPOCHS,
-                 "eval_every": 1, "pruner": "none", "lambda_low": 1e-4, "lambda_high": 1e-1, **tune},
+                 "eval_every": 1, "pruner": "none", "lambda_low": 1e-4, "lambda_high": 1e-1, "seeds": SEEDS,
+                 **tune},
     }
 
 
@@ -82,14 +86,18 @@ def test_study_leaves_trials_nested_runs_baseline_and_report(workdir):
     for t in trials[1:]:
         assert 1e-4 <= t.params["lambda"] <= 1e-1 and t.user_attrs[LAMBDA_ATTR] == t.params["lambda"]
         assert sorted(t.intermediate_values) == [1, 2]  # eval_every 1: a kNN report per epoch
-    for t in trials:  # objective knn: the value is the last epoch's report, not a second extraction
-        assert t.value == t.intermediate_values[EPOCHS]
+    for t in trials:  # objective knn: the value is the last epoch's mean report, over the same seeds
+        assert t.value == pytest.approx(t.intermediate_values[EPOCHS])
+        per_seed = t.user_attrs[SEED_VALUES_ATTR]
+        assert sorted(per_seed) == ["0", "1"]
+        assert t.value == pytest.approx(statistics.fmean(per_seed.values()))
+        assert t.user_attrs[VALUE_SD_ATTR] == pytest.approx(statistics.stdev(per_seed.values()))
     assert study.user_attrs[PARENT_ATTR] == outcome.parent_run_id
 
     client = MlflowClient(tracking_uri=params.tracking.tracking_uri)
     parent = client.get_run(outcome.parent_run_id)
     assert parent.data.tags["stage"] == "tune" and parent.info.status == "FINISHED"
-    assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
+    assert parent.data.metrics["best_mean"] == pytest.approx(study.best_value)
     children = {r.info.run_id: r for r in _child_runs(params, outcome.parent_run_id)}
     assert set(children) == {t.user_attrs[RUN_ATTR] for t in trials}
     for t in trials:
@@ -97,8 +105,11 @@ def test_study_leaves_trials_nested_runs_baseline_and_report(workdir):
         assert run.info.status == "FINISHED" and run.data.tags[STATE_TAG] == "COMPLETE"
         assert float(run.data.params["lambda"]) == t.user_attrs[LAMBDA_ATTR]
         assert run.data.metrics["objective_value"] == pytest.approx(t.value)
-        history = client.get_metric_history(run.info.run_id, "loss_total")
-        assert [m.step for m in history] == [1, 2]
+        assert run.data.metrics["objective_sd"] == pytest.approx(t.user_attrs[VALUE_SD_ATTR])
+        for seed, value in t.user_attrs[SEED_VALUES_ATTR].items():
+            assert run.data.metrics[f"objective_value.seed{seed}"] == pytest.approx(value)
+            history = client.get_metric_history(run.info.run_id, f"seed{seed}.loss_total")
+            assert [m.step for m in history] == [1, 2]
     artifacts = {Path(a.path).name for a in client.list_artifacts(outcome.parent_run_id, "tune")}
     assert {"trials.csv", "history.png", "lambda.png", "best_params.json", "tune.json"} <= artifacts
 
@@ -106,11 +117,14 @@ def test_study_leaves_trials_nested_runs_baseline_and_report(workdir):
     on_disk = json.loads(Path("best_params.json").read_text())
     assert on_disk == best
     assert on_disk["trial"] == study.best_trial.number and on_disk["value"] == study.best_value
+    assert on_disk["choice"] == ("baseline" if study.best_trial.number == 0 else "best")
     assert on_disk["lambda"] == study.best_trial.user_attrs[LAMBDA_ATTR]
     assert on_disk["baseline"] == (study.best_trial.number == 0) and on_disk["study"] == study.study_name
     tune = json.loads(Path("metrics/tune.json").read_text())
     assert tune == metrics
-    assert tune["baseline_value"] == base.value and tune["gap"] == pytest.approx(study.best_value - base.value)
+    assert tune["baseline_mean"] == base.value and tune["seeds"] == len(SEEDS)
+    assert tune["gap_mean"] == pytest.approx(study.best_value - base.value)
+    assert tune["gap_ci95_low"] <= tune["gap_mean"] <= tune["gap_ci95_high"]
     assert (tune["trials"], tune["trials_complete"], tune["trials_pruned"], tune["trials_failed"]) == (3, 3, 0, 0)
     rows = Path("plots/tune/trials.csv").read_text().splitlines()
     assert rows[0].split(",") == list(TRIAL_COLUMNS) and len(rows) == 1 + N_TRIALS
@@ -164,7 +178,8 @@ def test_an_aggressive_pruner_prunes_every_trial_but_the_baseline(workdir):
         assert run.info.status == "KILLED" and run.data.tags[STATE_TAG] == "PRUNED"
     _, metrics = write_report(outcome, params)
     assert (metrics["trials_complete"], metrics["trials_pruned"]) == (1, N_TRIALS - 1)
-    assert metrics["gap"] == 0.0  # only the baseline completed: it is the best
+    assert metrics["gap_mean"] == 0.0  # only the baseline completed: it is the best
+    assert metrics["chose_baseline"] == 1.0
 
 
 def test_failed_trials_are_recorded_stop_the_worker_and_are_redone(workdir, monkeypatch):
@@ -173,7 +188,7 @@ def test_failed_trials_are_recorded_stop_the_worker_and_are_redone(workdir, monk
     def broken(*args, **kwargs):
         raise RuntimeError("simulated out-of-memory")
 
-    monkeypatch.setattr("pipeline.tuning.objective.train", broken)
+    monkeypatch.setattr("pipeline.tuning.objective.train_epochs", broken)
     with pytest.raises(StageError, match="2 trials failed in a row"):
         run_tuning(params, progress=False)
     study = _load_study(params)
@@ -210,7 +225,7 @@ def test_stage_writes_outputs_and_rejects_a_bad_range(workdir, capsys):
     write_params(workdir, n_trials=2)
     assert stage_main("tune", tune_body, argv=["--params", "params.yaml"]) == 0
     out = capsys.readouterr().out
-    assert "best is trial" in out and "baseline" in out
+    assert "chose" in out and "baseline" in out and "over 2 seeds" in out
     assert Path("best_params.json").exists() and Path("metrics/tune.json").exists()
     before = Path("best_params.json").read_text()
 

@@ -8,6 +8,9 @@ Any file PIL reads is an image. Images become RGB, or L when every one is greysc
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,16 +18,19 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.data.arrays import Dataset, Split
+from pipeline.data.arrays import MANIFEST, Dataset, Split, manifest_for, staged_dir
 from pipeline.data.errors import DataError, one_line
 from pipeline.data.preprocess import InputSpec, convert_channels, fit_image
+from pipeline.data.shards import ShardedImages, ShardWriter
 from pipeline.data.splits import stratified_split
+from pipeline.io import write_json
 
 log = logging.getLogger(__name__)
 
 GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 # Decoding errors PIL raises for unreadable, truncated or hostile files.
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+_DECODE_BATCH = 256  # images decoded per round of the thread pool
 
 
 @dataclass
@@ -114,22 +120,58 @@ def _decode(path: Path) -> np.ndarray:
         raise DataError(f"{path}: corrupt or unreadable image ({one_line(exc)})") from exc
 
 
-def _read(files: _Files, shape: tuple[int, int, int], image_size: int | None, desc: str, progress: bool) -> Split:
-    """Decode into one preallocated uint8 (N, H, W, C) array."""
+def _decode_fitted(path: Path, shape: tuple[int, int, int], spec: InputSpec | None) -> np.ndarray:
+    raw = _decode(path)
+    image = fit_image(raw, spec) if spec is not None else convert_channels(raw, shape[2])
+    if image.shape != shape:  # a header that lied about the size
+        raise DataError(f"{path}: decoded to {image.shape}, expected {shape}")
+    return image
+
+
+def _decoded(files: _Files, shape: tuple[int, int, int], image_size: int | None, workers: int, batch: int,
+             desc: str, progress: bool) -> Iterator[np.ndarray]:
+    """uint8 (<= batch, H, W, C) batches of the files in order, decoded by ``workers`` threads (PIL's
+    decoders and the resize release the GIL); only a few batches are in memory at a time."""
     channels = shape[2]
     spec = InputSpec(image_size, channels, (0.0,) * channels, (1.0,) * channels) if image_size else None
+    bar = tqdm(total=len(files.paths), desc=desc, unit="img", disable=not progress, leave=False)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for lo in range(0, len(files.paths), batch):
+            paths = files.paths[lo:lo + batch]
+            yield np.stack(list(pool.map(lambda p: _decode_fitted(p, shape, spec), paths)))
+            bar.update(len(paths))
+    bar.close()
+
+
+def _read(files: _Files, shape: tuple[int, int, int], image_size: int | None, workers: int, desc: str,
+          progress: bool) -> Split:
+    """Decode into one preallocated uint8 (N, H, W, C) array."""
     images = np.empty((len(files.paths), *shape), dtype=np.uint8)
-    for i, path in enumerate(tqdm(files.paths, desc=desc, unit="img", disable=not progress, leave=False)):
-        raw = _decode(path)
-        image = fit_image(raw, spec) if spec is not None else convert_channels(raw, channels)
-        if image.shape != shape:  # a header that lied about the size
-            raise DataError(f"{path}: decoded to {image.shape}, expected {shape}")
-        images[i] = image
+    lo = 0
+    for batch in _decoded(files, shape, image_size, workers, _DECODE_BATCH, desc, progress):
+        images[lo:lo + len(batch)] = batch
+        lo += len(batch)
     return Split(images, files.labels)
 
 
-def load_folder(root: str | Path, image_size: int | None, test_fraction: float, seed: int,
-                progress: bool = False) -> Dataset:
+@dataclass
+class FolderScan:
+    """What a folder holds, from its listing and image headers alone (nothing decoded yet)."""
+
+    classes: list[str]
+    train: _Files
+    test: _Files
+    shape: tuple[int, int, int]
+    image_size: int | None
+    extra: dict
+
+    @property
+    def nbytes(self) -> int:
+        return (len(self.train.paths) + len(self.test.paths)) * int(np.prod(self.shape))
+
+
+def scan_folder(root: str | Path, image_size: int | None, test_fraction: float, seed: int,
+                progress: bool = False) -> FolderScan:
     root = Path(root).expanduser()
     if image_size is not None and image_size < 1:
         raise DataError(f"{root}: prepare.image_size must be a positive side length, got {image_size}")
@@ -171,9 +213,41 @@ def load_folder(root: str | Path, image_size: int | None, test_fraction: float, 
         (w, h), = sizes
         shape = (h, w, channels)
 
-    train = _read(train_files, shape, image_size, "read train images", progress)
-    test = _read(test_files, shape, image_size, "read test images", progress)
     extra = {"split": "official" if official else "stratified", "image_size": image_size, "skipped_files": skipped}
     if not official:
         extra |= {"test_fraction": test_fraction, "seed": seed}
-    return Dataset(train=train, test=test, classes=classes, source="folder", extra=extra)
+    return FolderScan(classes, train_files, test_files, shape, image_size, extra)
+
+
+def read_folder(scan: FolderScan, workers: int | None = None, progress: bool = False) -> Dataset:
+    """Decode every image of a scanned folder into memory."""
+    workers = workers or os.cpu_count() or 1
+    train = _read(scan.train, scan.shape, scan.image_size, workers, "read train images", progress)
+    test = _read(scan.test, scan.shape, scan.image_size, workers, "read test images", progress)
+    return Dataset(train=train, test=test, classes=scan.classes, source="folder", extra=scan.extra)
+
+
+def shard_folder(scan: FolderScan, out_dir: str | Path, shard_images: int, workers: int | None = None,
+                 progress: bool = False) -> dict:
+    """Decode a scanned folder once, in parallel, straight into shards in ``out_dir`` (atomically);
+    memory holds one shard and a few decoded batches whatever the folder's size. Returns the manifest."""
+    workers = workers or os.cpu_count() or 1
+    with staged_dir(out_dir) as tmp:
+        entries, splits = {}, {}
+        for name, files in (("train", scan.train), ("test", scan.test)):
+            writer = ShardWriter(tmp, name, scan.shape, shard_images)
+            for batch in _decoded(files, scan.shape, scan.image_size, workers, _DECODE_BATCH,
+                                  f"shard {name} images", progress):
+                writer.add(batch)
+            entries[name] = writer.close(files.labels)
+            splits[name] = Split(ShardedImages.open(tmp, entries[name]), files.labels)  # type: ignore[arg-type]
+        ds = Dataset(train=splits["train"], test=splits["test"], classes=scan.classes, source="folder",
+                     extra=scan.extra)
+        manifest = manifest_for(ds, entries)
+        write_json(tmp / MANIFEST, manifest)
+    return manifest
+
+
+def load_folder(root: str | Path, image_size: int | None, test_fraction: float, seed: int,
+                progress: bool = False, workers: int | None = None) -> Dataset:
+    return read_folder(scan_folder(root, image_size, test_fraction, seed, progress), workers, progress)

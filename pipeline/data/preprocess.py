@@ -34,11 +34,25 @@ class InputSpec:
         return cls(int(d["image_size"]), int(d["channels"]), tuple(d["mean"]), tuple(d["std"]))
 
 
-def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of uint8 (N, H, W, C) images on the [0, 1] scale."""
-    x = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
-    std = np.maximum(x.std(axis=0), 1e-3)
-    return tuple(float(v) for v in x.mean(axis=0)), tuple(float(v) for v in std)
+def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 (N, H, W, C) images on the [0, 1] scale.
+
+    One streaming pass of ``chunk`` images at a time into per-channel histograms of the 256 levels (exact
+    integer counts), then the moments in float64: memory stays at one chunk whatever the set's size, and
+    ``images`` may be memory-mapped shards.
+    """
+    c = images.shape[-1]
+    counts = np.zeros((c, 256), dtype=np.int64)
+    for lo in range(0, len(images), chunk):
+        x = np.asarray(images[lo:lo + chunk]).reshape(-1, c)
+        for k in range(c):
+            counts[k] += np.bincount(x[:, k], minlength=256)
+    levels = np.arange(256, dtype=np.float64) / 255.0
+    n = counts.sum(axis=1).astype(np.float64)
+    mean = counts @ levels / n
+    var = (counts * (levels[None, :] - mean[:, None]) ** 2).sum(axis=1) / n
+    std = np.maximum(np.sqrt(var), 1e-3)
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
 def convert_channels(image: np.ndarray, channels: int) -> np.ndarray:

@@ -9,8 +9,8 @@ Order (SimCLR, Chen et al. 2020, appendix A): random resized crop + horizontal f
 ``grid_sample``), colour jitter with probability ``jitter_prob`` (brightness, contrast, saturation and
 hue in a random order drawn per image, as ``torchvision.transforms.ColorJitter`` draws one per call; with
 ``jitter_random_order: false`` the fixed order brightness, contrast, saturation, hue, which costs about
-a third less on the CPU), random grayscale, Gaussian blur. The colour ops follow ``torchvision.transforms.functional.adjust_*`` and clamp
-to [0, 1] after each op; grey levels use the ITU-R 601 luma (0.299, 0.587, 0.114), the weights the data
+a third less on the CPU), random grayscale, Gaussian blur, then solarisation (BYOL, Grill et al. 2020).
+The colour ops follow ``torchvision.transforms.functional.adjust_*`` and clamp to [0, 1] after each op; grey levels use the ITU-R 601 luma (0.299, 0.587, 0.114), the weights the data
 pre-processing uses (torchvision's 0.2989 differs by 1e-4 of the red channel).
 
 Each op has a ``sample_*`` function (draws the per-image parameters) and a deterministic function that
@@ -384,6 +384,23 @@ def random_gaussian_blur(x: Tensor, prob: float, sigma: tuple[float, float], ker
     return _select(mask, gaussian_blur(x, s, kernel_size), x)
 
 
+# --------------------------------------------------------------------------- solarisation
+
+SOLARIZE_THRESHOLD = 0.5  # BYOL's (128 of 255), torchvision's RandomSolarize on float images
+
+
+def solarize_where(x: Tensor, mask: Tensor, threshold: float = SOLARIZE_THRESHOLD) -> Tensor:
+    """Invert the pixels >= threshold (``1 - x``) of the images picked by mask (N,), as torchvision's solarize."""
+    _check_images(x)
+    return torch.where(mask.view(-1, 1, 1, 1) & (x >= threshold), 1.0 - x, x)
+
+
+def random_solarize(x: Tensor, prob: float, generator: torch.Generator,
+                    threshold: float = SOLARIZE_THRESHOLD) -> Tensor:
+    _check_images(x)
+    return solarize_where(x, _bernoulli(x.shape[0], prob, generator, x.device), threshold)
+
+
 # --------------------------------------------------------------------------- the pipeline
 
 
@@ -431,4 +448,6 @@ class SimCLRAugment:
             x = random_grayscale(x, cfg.grayscale_prob, generator)
         if cfg.blur_prob > 0:
             x = random_gaussian_blur(x, cfg.blur_prob, cfg.blur_sigma, self.kernel_size, generator)
+        if cfg.solarize_prob > 0:
+            x = random_solarize(x, cfg.solarize_prob, generator)
         return x

@@ -30,13 +30,17 @@ _UNREADABLE = (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeErro
                AttributeError, TypeError, OSError)
 
 
-def fingerprint(cfg: PretrainConfig, images: np.ndarray | str, seed: int, epochs: int | None = None) -> str:
+def fingerprint(cfg: PretrainConfig, images: np.ndarray | str, seed: int, epochs: int | None = None,
+                world_size: int = 1) -> str:
     """What a checkpoint must match to be resumed: everything that changes the result.
 
     ``images`` is the training array, or a digest that stands for it (a manifest's sha256).
+    ``world_size`` (torchrun ranks) sets the global batch, the steps per epoch and so the schedule.
     """
     d = cfg.model_dump(by_alias=True, exclude={"out_dir", "device", "num_threads"})
     d["epochs"] = epochs or cfg.epochs
+    if world_size > 1:  # one process keeps the fingerprints it always had
+        d["world_size"] = world_size
     if isinstance(images, str):
         data = images
     else:

@@ -1,13 +1,25 @@
 """torchrun DDP support: one process per GPU, each training on its own slice of every batch.
 
-Under ``torchrun --nproc_per_node=G stages/pretrain.py`` the environment carries RANK, WORLD_SIZE and
+Under ``torchrun --nproc_per_node=G -m stages.pretrain`` the environment carries RANK, WORLD_SIZE and
 LOCAL_RANK; without them everything here is a no-op and training runs in one process.
 NT-Xent needs negatives from the whole global batch, so the embeddings are all-gathered with gradients.
+
+Batch norm is synchronised over the ranks (``SyncBatchNorm``) when ``pretrain.sync_batchnorm`` says so:
+by default on GPU ranks only, because torch's SyncBatchNorm raises on CPU tensors ("expected input
+tensor to be on GPU"), so CPU (gloo) ranks normalise with their own slice of the batch and asking for
+it there is refused.
+
+torchrun starts each worker in a session of its own, so killing torchrun's process group would leave
+the workers training (and writing the checkpoint a rerun resumes from): each worker asks the kernel to
+kill it when its parent dies.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +64,7 @@ class DistContext:
         if world <= 1:
             return cls()
         ctx = cls(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+        _die_with_parent()
         if not torch_dist.is_initialized():
             backend = "nccl" if torch.cuda.is_available() else "gloo"
             if backend == "nccl":
@@ -59,13 +72,62 @@ class DistContext:
             torch_dist.init_process_group(backend)
         return ctx
 
-    def wrap(self, encoder: nn.Module) -> nn.Module:
+    def sync_batchnorm(self, wanted: bool | None) -> bool:
+        """Whether to convert batch norm to SyncBatchNorm: ``pretrain.sync_batchnorm``, None = on GPUs."""
+        on_gpu = self.device.type == "cuda"
+        if wanted and self.enabled and not on_gpu:
+            raise ValueError("pretrain.sync_batchnorm: true needs GPU ranks (torch's SyncBatchNorm has no CPU "
+                             "kernel); set it to false or null for CPU (gloo) ranks")
+        return self.enabled and (on_gpu if wanted is None else wanted)
+
+    def prepare_method(self, method: nn.Module, sync_batchnorm: bool | None = None) -> nn.Module:
+        """A method's own modules (predictor, target network, queue) live outside DDP: synchronise their
+        batch norms as the encoder's, and start every rank from rank 0's state."""
+        if not self.enabled:
+            return method
+        if self.sync_batchnorm(sync_batchnorm):
+            method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+        for t in [*method.parameters(), *method.buffers()]:
+            torch_dist.broadcast(t.data, src=0)
+        return method
+
+    def average_gradients(self, params: list[nn.Parameter]) -> None:
+        """All-reduce (mean) the gradients DDP does not see: those of a method's predictor."""
+        grads = [p.grad for p in params if p.grad is not None]
+        if not self.enabled or not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch_dist.all_reduce(flat)
+        flat.div_(self.world_size)
+        for g, part in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+            g.copy_(part.view_as(g))
+
+    def wrap(self, encoder: nn.Module, sync_batchnorm: bool | None = None) -> nn.Module:
         model = _BothOutputs(encoder)
         if not self.enabled:
             return model
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model) if torch.cuda.is_available() else model
-        ids = [self.local_rank] if torch.cuda.is_available() else None
+        if self.sync_batchnorm(sync_batchnorm):
+            # Converted in place: the SyncBatchNorm modules replace the encoder's own, so the weights,
+            # the checkpoint and the saved encoder keep the ordinary BatchNorm state-dict keys.
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        ids = [self.local_rank] if self.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent() -> None:
+    """SIGKILL this process when its parent (torchrun's agent) dies; Linux only, elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def gather_with_grad(x: torch.Tensor, ctx: DistContext) -> torch.Tensor:
@@ -74,3 +136,13 @@ def gather_with_grad(x: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     from torch.distributed.nn.functional import all_gather
 
     return torch.cat(all_gather(x))
+
+
+@torch.no_grad()
+def gather(x: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """All ranks' ``x`` concatenated in rank order, without gradient (MoCo's keys for its queue)."""
+    if not ctx.enabled:
+        return x
+    parts = [torch.empty_like(x) for _ in range(ctx.world_size)]
+    torch_dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)

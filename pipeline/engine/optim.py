@@ -68,7 +68,9 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, batch_size: int,
     if cfg.name == "lars":
         return LARS(_param_groups(params, cfg.weight_decay, True), lr=lr, momentum=cfg.momentum,
                     weight_decay=cfg.weight_decay, eta=cfg.eta)
-    return torch.optim.SGD(_param_groups(params, cfg.weight_decay, False), lr=lr, momentum=cfg.momentum)
+    # fused: one kernel for every parameter's update (CUDA and CPU); None keeps torch's default (foreach).
+    return torch.optim.SGD(_param_groups(params, cfg.weight_decay, False), lr=lr, momentum=cfg.momentum,
+                           fused=cfg.fused or None)
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int) -> callable:

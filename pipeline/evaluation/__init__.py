@@ -7,7 +7,7 @@ from pipeline.evaluation.metrics import (
     evaluate_encoder,
     knn_score,
     random_encoder,
-    validation_score,
+    validation_report,
 )
 from pipeline.evaluation.probe import ProbeResult, linear_probe
 from pipeline.evaluation.spectrum import SpectrumStats, dims_for_share, rankme, spectrum_stats
@@ -15,5 +15,5 @@ from pipeline.evaluation.spectrum import SpectrumStats, dims_for_share, rankme, 
 __all__ = [
     "EvalResult", "Features", "ProbeResult", "SpectrumStats", "dims_for_share", "evaluate_encoder",
     "extract_features", "knn_accuracy", "knn_predict", "knn_score", "linear_probe", "random_encoder", "rankme",
-    "spectrum_stats", "validation_score",
+    "spectrum_stats", "validation_report",
 ]

@@ -5,7 +5,8 @@ Metric keys (flat; all floats). Backbone level h has no suffix; projection level
 - ``val_linear_top1``, ``val_linear_top5``, ``test_linear_top1``, ``test_linear_top5``: linear probe
   (top-5 is 1.0 when there are fewer than 5 classes); ``linear_weight_decay``: the decay chosen on val.
 - ``val_knn{k}_top1``, ``test_knn{k}_top1`` for each k in ``evaluate.knn_k`` (e.g. ``test_knn20_top1``).
-- ``rankme``, ``dims99``: effective rank and 99%-variance dimension count of the training features.
+- ``rankme``, ``dims99``: RankMe (Garrido et al.: singular values of the raw feature matrix) and the
+  99%-variance dimension count of the training features; ``rankme_l2``: RankMe of the L2-normalised rows.
 - The same with ``_z``: ``test_linear_top1_z``, ``test_knn20_top1_z``, ``rankme_z``, ...
 - Head report, as :func:`pipeline.sparsehead.head_stats` names it: ``head_l1_layer{i}``,
   ``head_sparsity_layer{i}``, ``head_sparsity``, ``head_features_used``, ``head_features_used_frac``.
@@ -16,7 +17,7 @@ Metric keys (flat; all floats). Backbone level h has no suffix; projection level
   ``eval_linear_seconds``, ``eval_knn_seconds``, ``eval_spectrum_seconds`` (trained + random).
 
 ``test_*`` keys are absent when no test split is given. Tuning must select on validation only:
-:func:`knn_score` and :func:`validation_score` never look at test data.
+:func:`knn_score` and :func:`validation_report` never look at test data.
 """
 
 from __future__ import annotations
@@ -118,6 +119,7 @@ def _evaluate_features(feats: dict[str, Features], labels: dict[str, torch.Tenso
         with timer("spectrum"):
             stats = spectrum_stats(x["train"])
         metrics[f"rankme{suffix}"] = stats.rankme
+        metrics[f"rankme_l2{suffix}"] = stats.rankme_l2
         metrics[f"dims99{suffix}"] = float(stats.dims99)
         spectra[level] = stats.singular_values
     return metrics, spectra, test_pred
@@ -180,16 +182,24 @@ def knn_score(encoder: Encoder, train: Split, val: Split, cfg: EvaluateConfig,
     return acc[k]
 
 
-def validation_score(encoder: Encoder, train: Split, val: Split, num_classes: int, cfg: EvaluateConfig,
-                     device: torch.device | str = "cpu", seed: int = 0, objective: Objective = "knn") -> float:
-    """The tuning objective on validation only: kNN top-1 (``knn``) or linear-probe top-1 (``linear``) on h."""
-    if objective == "knn":
-        return knn_score(encoder, train, val, cfg, device, num_classes)
-    if objective != "linear":
+def validation_report(encoder: Encoder, train: Split, val: Split, num_classes: int, cfg: EvaluateConfig,
+                      device: torch.device | str = "cpu", seed: int = 0, objective: Objective = "knn"
+                      ) -> dict[str, float]:
+    """What tuning reads of one trained encoder, from one feature extraction, on validation only.
+
+    ``knn`` (top-1 at the smallest k, on h), ``linear`` (probe top-1 on h; computed when ``objective`` is
+    ``linear``), ``rankme`` and ``rankme_z`` of the training features, and the head's statistics.
+    """
+    if objective not in ("knn", "linear"):
         raise ValueError(f"objective must be 'knn' or 'linear', got {objective!r}")
     device = torch.device(device)
     tr = extract_features(encoder, train.images, cfg.batch_size, device)
     va = extract_features(encoder, val.images, cfg.batch_size, device)
-    probe = linear_probe(tr.h, _labels(train, device), va.h, _labels(val, device), None, None, num_classes,
-                         cfg.probe, seed)
-    return probe.val_top1
+    ytr, yva = _labels(train, device), _labels(val, device)
+    k = min(cfg.knn_k)
+    out = {"knn": knn_accuracy(tr.h, ytr, va.h, yva, [k], cfg.knn_temperature, num_classes)[k],
+           "rankme": spectrum_stats(tr.h).rankme, "rankme_z": spectrum_stats(tr.z).rankme,
+           **head_stats(encoder.head)}
+    if objective == "linear":
+        out["linear"] = linear_probe(tr.h, ytr, va.h, yva, None, None, num_classes, cfg.probe, seed).val_top1
+    return out

@@ -4,9 +4,12 @@
   (Jing et al. 2022, "Understanding dimensional collapse in contrastive self-supervised learning").
   The covariance is symmetric positive semi-definite, so these are its eigenvalues, i.e. the variances
   along the principal axes.
-- RankMe (Garrido et al. 2023): exp of the entropy of p_k = sigma_k / sum(sigma) + eps, where sigma are
-  the singular values of the (L2-normalised) feature matrix itself, as in the paper; eps = 1e-7.
-  Isotropic features give ~d, features on one line give ~1.
+- RankMe (Garrido et al. 2023, "RankMe: Assessing the downstream performance of pretrained
+  self-supervised representations by their rank"): exp of the entropy of p_k = sigma_k / sum(sigma) + eps,
+  where sigma are the singular values of the raw (N, d) feature matrix, as the paper defines it;
+  eps = 1e-7. Isotropic features give ~d, features on one line give ~1.
+- ``rankme_l2``: the same on the L2-normalised rows, a variant that ignores the features' norms (it is
+  not the published RankMe, and is reported under its own name).
 - dims99: the fewest principal axes whose variance (the covariance spectrum above) adds up to 99%.
 
 The d x d matrices are built and decomposed in float64: a collapsed spectrum spans many decades.
@@ -27,8 +30,9 @@ VARIANCE_SHARE = 0.99
 @dataclass
 class SpectrumStats:
     singular_values: np.ndarray  # (d,) float64, covariance spectrum, descending
-    rankme: float
+    rankme: float  # of the raw feature matrix, as published
     dims99: int
+    rankme_l2: float  # of the L2-normalised rows
 
 
 def rankme(singular_values: np.ndarray, eps: float = RANKME_EPS) -> float:
@@ -58,16 +62,18 @@ def _descending_eigvals(m: torch.Tensor) -> np.ndarray:
 
 
 def spectrum_stats(features: torch.Tensor) -> SpectrumStats:
-    """Covariance spectrum, RankMe and dims99 of (N, d) features (on any device)."""
+    """Covariance spectrum, RankMe (raw and L2-normalised rows) and dims99 of (N, d) features (any device)."""
     if features.ndim != 2 or len(features) < 2:
         raise ValueError(f"spectrum needs (N >= 2, d) features, got shape {tuple(features.shape)}")
-    z = F.normalize(features.double(), dim=1)
-    gram = z.T @ z  # sigma(Z)^2 are its eigenvalues
+    raw = features.double()
+    z = F.normalize(raw, dim=1)
     centred = z - z.mean(dim=0, keepdim=True)
     cov = centred.T @ centred / (len(z) - 1)
     cov_spectrum = _descending_eigvals(cov)
-    z_singular = np.sqrt(_descending_eigvals(gram))
-    return SpectrumStats(cov_spectrum, rankme(z_singular), dims_for_share(cov_spectrum))
+    # sigma(X)^2 are the eigenvalues of X^T X: a d x d problem however many rows there are.
+    raw_singular = np.sqrt(_descending_eigvals(raw.T @ raw))
+    l2_singular = np.sqrt(_descending_eigvals(z.T @ z))
+    return SpectrumStats(cov_spectrum, rankme(raw_singular), dims_for_share(cov_spectrum), rankme(l2_singular))
 
 
 def log_spectrum(singular_values: np.ndarray, rel_floor: float = 1e-16) -> np.ndarray:

@@ -42,10 +42,20 @@ class StepOutput:
     z: Tensor  # the online projections of both views, (2N, D): what the ``activation`` form penalises
 
 
+def asymmetric_views(augment: AugmentConfig) -> tuple[AugmentConfig, AugmentConfig]:
+    """BYOL's two views (Grill et al. 2020, table 6), which Barlow Twins and VICReg reuse: blur always on
+    the first and with probability 0.1 on the second, solarisation only on the second (0.2)."""
+    return (augment.model_copy(update={"blur_prob": 1.0, "solarize_prob": 0.0}),
+            augment.model_copy(update={"blur_prob": 0.1, "solarize_prob": 0.2}))
+
+
 class Method(nn.Module):
     """One SSL method. Subclasses set ``name`` and implement :meth:`forward`."""
 
     name: ClassVar[str]
+    # The paper draws its two views differently (:func:`asymmetric_views`); pretrain.ssl.asymmetric_views
+    # may turn that off.
+    asymmetric: ClassVar[bool] = False
 
     def __init__(self, cfg: SSLConfig, encoder: Encoder) -> None:
         super().__init__()
@@ -53,6 +63,8 @@ class Method(nn.Module):
 
     def view_configs(self, augment: AugmentConfig) -> tuple[AugmentConfig, AugmentConfig]:
         """The augmentation of each of the two views; symmetric unless the method's paper says otherwise."""
+        if self.asymmetric and self.cfg.asymmetric_views:
+            return asymmetric_views(augment)
         return augment, augment
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:

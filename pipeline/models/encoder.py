@@ -7,6 +7,8 @@ self-describing: :func:`pipeline.data.preprocess.to_model_input` is all a caller
 
 from __future__ import annotations
 
+import pickle
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -88,13 +90,37 @@ def save_encoder(encoder: Encoder, path: str | Path, extra: dict | None = None) 
     return Path(path)
 
 
+# What torch.load raises on a truncated, foreign or garbage file, and what a payload of another shape
+# raises when it is turned back into an encoder.
+_UNREADABLE = (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, KeyError,
+               AttributeError, TypeError, OSError)
+
+
 def load_encoder(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[Encoder, dict]:
-    """Load an encoder saved by :func:`save_encoder`, in eval mode; returns it and its ``extra`` dict."""
+    """Load an encoder saved by :func:`save_encoder`, in eval mode; returns it and its ``extra`` dict.
+
+    A file that is not such an encoder raises ValueError naming it and the way out (the stage that
+    wrote it rewrites it), never torch's unpickling traceback.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: encoder not found (run the pretrain stage first)")
-    payload = torch.load(path, map_location=map_location, weights_only=True)
-    encoder = Encoder(EncoderSpec.from_dict(payload["spec"]))
-    encoder.load_state_dict(payload["state_dict"])
+    way_out = "rerun the stage that trained it to rewrite it (dvc repro -f pretrain; final for the final model)"
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except _UNREADABLE as exc:
+        why = " ".join(str(exc).split())[:160]
+        raise ValueError(f"{path}: not a readable encoder file, truncated or corrupt ({type(exc).__name__}: "
+                         f"{why}); {way_out}") from exc
+    if not isinstance(payload, dict) or not {"spec", "state_dict"} <= payload.keys():
+        raise ValueError(f"{path}: not an encoder saved by this pipeline (no spec and state_dict); {way_out}")
+    try:
+        encoder = Encoder(EncoderSpec.from_dict(payload["spec"]))
+        encoder.load_state_dict(payload["state_dict"])
+    except _UNREADABLE as exc:
+        why = " ".join(str(exc).split())[:160]
+        raise ValueError(f"{path}: its spec and weights do not make an encoder ({type(exc).__name__}: {why}); "
+                         f"{way_out}") from exc
     encoder.eval()
-    return encoder, payload.get("extra", {})
+    extra = payload.get("extra", {})
+    return encoder, extra if isinstance(extra, dict) else {}

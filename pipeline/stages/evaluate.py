@@ -15,13 +15,14 @@ import torch
 
 from pipeline import tracking
 from pipeline.config import Params
-from pipeline.data.arrays import load_dataset, load_manifest
+from pipeline.data.arrays import load_manifest
+from pipeline.data.shards import open_dataset
 from pipeline.data.splits import train_val_split
 from pipeline.device import resolve_device
 from pipeline.evaluation.metrics import evaluate_encoder
 from pipeline.evaluation.plots import write_plots
 from pipeline.evaluation.report import summary
-from pipeline.io import write_json
+from pipeline.io import write_metrics
 from pipeline.models import ENCODER_FILE, load_encoder
 
 log = logging.getLogger(__name__)
@@ -30,14 +31,15 @@ MLFLOW_ARTIFACT_DIR = "eval"
 
 
 def run_evaluation(params: Params, model_dir: str | Path, metrics_path: str | Path,
-                   plots_dir: str | Path, progress: bool = True) -> dict[str, float]:
-    """Evaluate ``<model_dir>/encoder.pt``; write ``metrics_path`` and ``plots_dir``; log them to MLflow."""
-    model_dir, metrics_path, plots_dir = Path(model_dir), Path(metrics_path), Path(plots_dir)
+                   plots_dir: str | Path | None, progress: bool = True) -> dict[str, float]:
+    """Evaluate ``<model_dir>/encoder.pt``; write ``metrics_path`` and ``plots_dir`` (None: no plots); log
+    them to the model's MLflow run."""
+    model_dir, metrics_path = Path(model_dir), Path(metrics_path)
     cfg = params.evaluate
     # Fail before the work, not after it, when the run to log into is unknown.
     run_id = tracking.read_run_id(model_dir / tracking.RUN_ID_FILE)
     data_dir = Path(params.prepare.out_dir)
-    ds = load_dataset(data_dir)
+    ds = open_dataset(data_dir)  # memory-mapped when prepare sharded the set
     manifest = load_manifest(data_dir)
     encoder, extra = load_encoder(model_dir / ENCODER_FILE)
     channels = encoder.spec.input.channels
@@ -57,8 +59,8 @@ def run_evaluation(params: Params, model_dir: str | Path, metrics_path: str | Pa
     result = evaluate_encoder(encoder, train, val, ds.test, len(ds.classes), cfg, device, params.seed,
                               progress=progress)
     metrics = result.metrics
-    write_json(metrics_path, metrics)
-    plot_files = write_plots(result, plots_dir, ds.classes)
+    write_metrics(metrics_path, metrics)
+    plot_files = write_plots(result, plots_dir, ds.classes) if plots_dir is not None else []
 
     with tracking.start_run(params.tracking, run_id=run_id):
         tracking.log_metrics(metrics)

@@ -16,12 +16,15 @@ import torch
 
 from pipeline import tracking
 from pipeline.config import Params, PretrainConfig, flat_params
-from pipeline.data.arrays import load_manifest, load_split
+from pipeline.data.arrays import load_manifest
+from pipeline.data.shards import open_split
 from pipeline.engine.checkpoint import CHECKPOINT, fingerprint, read_checkpoint_meta
 from pipeline.engine.distributed import DistContext
 from pipeline.engine.trainer import TrainResult, train
-from pipeline.io import write_json
-from pipeline.models.encoder import ENCODER_FILE, Encoder, save_encoder
+from pipeline.io import write_metrics
+from pipeline.models.encoder import ENCODER_FILE, save_encoder
+from pipeline.tracking.buffer import EpochMetricLogger
+from pipeline.tracking.datasets import log_dataset_input
 
 log = logging.getLogger(__name__)
 
@@ -32,30 +35,34 @@ class PretrainOutcome:
     encoder_path: Path
 
 
-def mlflow_epoch_logger(epoch: int, metrics: dict[str, float], encoder: Encoder) -> None:
-    tracking.log_metrics(metrics, step=epoch)
-
-
 def pretrain_and_log(params: Params, cfg: PretrainConfig, out_dir: str | Path, *, run_name: str,
                      metrics_path: str | Path | None = None, extra_tags: dict[str, str] | None = None,
-                     progress: bool = True) -> PretrainOutcome:
-    """Train ``cfg`` on the prepared training split and log everything into one MLflow run."""
+                     progress: bool = True, seed: int | None = None) -> PretrainOutcome:
+    """Train ``cfg`` on the prepared training split and log everything into one MLflow run.
+
+    ``seed`` is the training seed (default: the params' ``seed``, which also fixes the data splits).
+    """
     out_dir = Path(out_dir)
+    seed = params.seed if seed is None else seed
     data_dir = params.prepare.out_dir
     manifest = load_manifest(data_dir)
-    images = load_split(data_dir, "train").images
+    images = open_split(data_dir, "train", manifest).images  # memory-mapped when prepare sharded the set
     digest = str(manifest["sha256"]["train"])  # stands for the images in checkpoint fingerprints
     dist = DistContext.from_env()
+    sync_bn = dist.sync_batchnorm(cfg.sync_batchnorm)  # refuses true on CPU ranks before any run starts
     if not dist.is_main:
         # Under torchrun only rank 0 records; the other ranks contribute their gradients and stop. They
         # read the same checkpoint as rank 0 (only rank 0 writes it), so a resumed run stays in step.
-        result = train(cfg, images, seed=params.seed, out_dir=out_dir, progress=False, dist=dist, data_digest=digest)
+        result = train(cfg, images, seed=seed, out_dir=out_dir, progress=False, dist=dist, data_digest=digest)
         return PretrainOutcome("", result, out_dir / ENCODER_FILE)
 
     # A checkpoint of the same params and data means an interrupted run: continue it and its MLflow run.
     prev = read_checkpoint_meta(out_dir / CHECKPOINT)
-    same = prev is not None and prev["fingerprint"] == fingerprint(cfg, digest, params.seed)
+    same = prev is not None and prev["fingerprint"] == fingerprint(cfg, digest, seed,
+                                                                   world_size=dist.world_size)
     run_id = prev["meta"].get("run_id") if same else None
+    # A run of this stage that a killed process left RUNNING is over: close it (never the one resumed).
+    tracking.close_orphaned_runs(params.tracking, run_name, keep=run_id)
 
     tags = {
         "stage": run_name,
@@ -64,25 +71,34 @@ def pretrain_and_log(params: Params, cfg: PretrainConfig, out_dir: str | Path, *
         "dataset_sha256": manifest["dataset_sha256"],
         "sparsehead.form": cfg.sparsehead.form,
         "sparsehead.lambda": str(cfg.sparsehead.lam),
+        "sparsehead.update": cfg.sparsehead.update,
+        "ssl.method": cfg.ssl.method,
         **(extra_tags or {}),
     }
     with tracking.start_run(params.tracking, run_id=run_id, run_name=run_name) as run:
         if run_id is None:
             # Results are bit-identical only at one thread count: it is part of what the run was.
-            mlflow.log_params({**flat_params(cfg, "pretrain."), "seed": params.seed,
+            mlflow.log_params({**flat_params(cfg, "pretrain."), "seed": seed,
                                **flat_params(params.prepare, "prepare."),
                                "torch_num_threads": cfg.num_threads or torch.get_num_threads()})
             mlflow.set_tags(tags)
-        result = train(cfg, images, seed=params.seed, out_dir=out_dir, callbacks=[mlflow_epoch_logger],
+            if dist.enabled:
+                mlflow.log_params({"torchrun.world_size": dist.world_size,
+                                   "torchrun.sync_batchnorm": sync_bn})
+            log_dataset_input(manifest, params.prepare, context="train")
+        # A tracking server that goes away mid-training queues the epochs' metrics; training goes on.
+        epoch_logger = EpochMetricLogger(run.info.run_id)
+        result = train(cfg, images, seed=seed, out_dir=out_dir, callbacks=[epoch_logger],
                        progress=progress, meta={"run_id": run.info.run_id}, dist=dist, data_digest=digest)
-        extra = {"run_id": run.info.run_id, "epochs": cfg.epochs, "dataset": manifest["source"],
-                 "dataset_sha256": manifest["dataset_sha256"], "classes": manifest["classes"],
-                 "sparsehead": cfg.sparsehead.model_dump(by_alias=True)}
+        epoch_logger.flush()
+        extra = {"run_id": run.info.run_id, "epochs": cfg.epochs, "method": cfg.ssl.method,
+                 "dataset": manifest["source"], "dataset_sha256": manifest["dataset_sha256"],
+                 "classes": manifest["classes"],
+                 "sparsehead": cfg.sparsehead.model_dump(by_alias=True), "seed": seed}
         encoder_path = save_encoder(result.encoder, out_dir / ENCODER_FILE, extra=extra)
         mlflow.log_artifact(str(encoder_path), artifact_path="encoder")
-        final = {k: v for k, v in result.final.items() if k != "epoch_seconds"}
         if metrics_path is not None:
-            write_json(metrics_path, {k: round(v, 6) for k, v in final.items()})
+            write_metrics(metrics_path, {k: round(v, 6) for k, v in result.final.items()})
         tracking.write_run_id(out_dir / tracking.RUN_ID_FILE, run.info.run_id)
         return PretrainOutcome(run.info.run_id, result, encoder_path)
 

@@ -8,6 +8,7 @@ beats the current holder's; :func:`pipeline.registry.register_encoder` has the r
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from pipeline import tracking
@@ -22,6 +23,50 @@ _UNTAGGED_PREFIXES = ("random_", "eval_")
 
 def version_metrics(metrics: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if not k.startswith(_UNTAGGED_PREFIXES)}
+
+
+def _number(d: dict, key: str) -> float | None:
+    v = d.get(key)
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        return None
+    return float(v)
+
+
+def study_gap(tune_metrics: dict) -> str | None:
+    """The study's gap (best - baseline) and its 95% interval, from ``metrics/tune.json`` if it has them."""
+    gap = _number(tune_metrics, "gap_mean")
+    if gap is None:
+        gap = _number(tune_metrics, "gap")  # a single-seed study: no interval
+    if gap is None:
+        return None
+    low, high = _number(tune_metrics, "gap_ci95_low"), _number(tune_metrics, "gap_ci95_high")
+    ci = f" (95% CI {low:+.4f} to {high:+.4f})" if low is not None and high is not None else ""
+    return f"gap to the baseline {gap:+.4f}{ci}"
+
+
+def version_description(tags: dict[str, str], method: str, metrics: dict, metric: str,
+                        tune_metrics: dict) -> str:
+    """One paragraph: what this version was trained on and how, the study's verdict, its score."""
+    data = f"{tags['dataset']} (dataset sha256 {tags['dataset_sha256'][:12]})"
+    reg = ("no SparseHead (lambda 0)" if tags["lambda"] in ("0", "0.0")
+           else f"SparseHead {tags['form']}, lambda {tags['lambda']}")
+    parts = [f"Trained on {data}: {method}, {reg}, {tags['epochs']} epochs."]
+    if "tune.study" in tags:
+        gap = study_gap(tune_metrics)
+        parts.append(f"Chosen by study {tags['tune.study']} (trial {tags['tune.trial']})"
+                     + (f": {gap}." if gap else "."))
+    value = _number(metrics, metric)
+    if value is not None:
+        parts.append(f"{metric} {value:.4f}.")
+    parts.append(f"Run {tags['run_id']}, git {tags['git_commit']}.")
+    return " ".join(parts)
+
+
+def model_description(dataset: str, metric: str, alias: str) -> str:
+    return (f"Self-supervised image encoder with a SparseHead projection head, trained on {dataset} by the "
+            f"sparsehead pipeline (dvc repro). Input float32 (N, C, S, S) in [0, 1]; output the backbone "
+            f"features. @{alias} is the version with the highest {metric} so far; each version's "
+            f"description says what it was trained on.")
 
 
 def register_model_dir(params: Params, model_dir: str | Path, metrics_path: str | Path,
@@ -44,12 +89,23 @@ def register_model_dir(params: Params, model_dir: str | Path, metrics_path: str 
         "git_commit": tracking.git_commit(),
         "run_id": run_id,
         "epochs": str(extra.get("epochs")),
-        **({"tune.study": str(best["study"]), "tune.trial": str(best["trial"])} if best else {}),
+        "update": str(sparse.get("update", "gradient")),
+        "method": str(extra.get("method", best.get("method", "simclr") if best else "simclr")),
+        **({"tune.study": str(best["study"]), "tune.trial": str(best["trial"]),
+            "tune.choice": str(best.get("choice", "best")), "tune.reason": str(best.get("reason", ""))[:5000]}
+           if best else {}),
     }
     metadata = {**tags, "sparsehead": sparse, "classes": extra.get("classes")}
     with tracking.start_run(params.tracking, run_id=run_id):
         info = log_encoder_model(encoder, metadata=metadata)
-    result = register_encoder(info.model_uri, params.registry, version_metrics(metrics), tags)
+    tune_path = Path(params.tune.out_metrics)
+    tune_metrics = read_json(tune_path) if best and tune_path.exists() else {}
+    method = str(best.get("method") or extra.get("method") or params.pretrain.ssl.method)
+    result = register_encoder(
+        info.model_uri, params.registry, version_metrics(metrics), tags,
+        description=version_description(tags, method, metrics, params.registry.metric,
+                                        tune_metrics if isinstance(tune_metrics, dict) else {}),
+        model_description=model_description(tags["dataset"], params.registry.metric, params.registry.alias))
     reg = params.registry
     record = {
         "model_name": result.name, "version": int(result.version), "alias": reg.alias,

@@ -137,8 +137,12 @@ def _tag_value(mv: ModelVersion, metric: str) -> float | None:
 
 
 def register_encoder(model_uri: str, cfg: RegisterConfig, metrics: dict[str, float],
-                     tags: dict[str, str]) -> RegistrationResult:
+                     tags: dict[str, str], *, description: str | None = None,
+                     model_description: str | None = None) -> RegistrationResult:
     """Register ``model_uri`` as a new version of ``cfg.model_name``; move ``cfg.alias`` only on a win.
+
+    ``description`` goes on the new version, ``model_description`` on the registered model (what the
+    registry UI and ``client.get_registered_model`` show first).
 
     The new version wins when ``metrics[cfg.metric]`` is strictly greater than the value tagged on the
     current alias holder (or when there is no holder, or the holder has no value for this metric, e.g.
@@ -166,6 +170,11 @@ def register_encoder(model_uri: str, cfg: RegisterConfig, metrics: dict[str, flo
             version_tags["registry.compared_to_value"] = repr(champion_value)
 
     mv = mlflow.register_model(model_uri, cfg.model_name, tags=version_tags)
+    # mlflow.register_model takes no description: set both right after, on what it created.
+    if description:
+        client.update_model_version(cfg.model_name, mv.version, description=description)
+    if model_description:
+        client.update_registered_model(cfg.model_name, description=model_description)
     if promoted:
         client.set_registered_model_alias(cfg.model_name, cfg.alias, mv.version)
         if champion is not None:

@@ -8,22 +8,29 @@ the whole story of a model.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
+import yaml
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import TrackingConfig
 from pipeline.io import write_text
+from pipeline.tracking.location import creation_location, make_portable
 
 log = logging.getLogger(__name__)
 
 RUN_ID_FILE = "run_id"  # beside a model: the id of the MLflow run that trained it
+# The process that holds a run open, so that the next run of its stage can tell a run whose process was
+# killed (closed as KILLED) from one still running (left alone).
+HOST_TAG, PID_TAG = "host", "pid"
 
 
 def tracking_uri(cfg: TrackingConfig) -> str:
@@ -40,28 +47,63 @@ def setup(cfg: TrackingConfig, experiment: str | None = None) -> str:
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     name = experiment or cfg.experiment
+    bound_http_retries(cfg)
     client = MlflowClient()
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    # A server decides its own artifact store; locally, keep artifacts in one predictable folder.
-    location = Path(cfg.artifact_root).resolve().as_uri() if _is_local(uri) else None
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except mlflow.exceptions.MlflowException:
-        # Another worker created it between our lookup and our create.
+    if exp is None:
+        # A server decides its own artifact store; a local store's follows the project (see .location).
+        # MlflowException: another worker created it between our lookup and our create.
+        with contextlib.suppress(mlflow.exceptions.MlflowException):
+            client.create_experiment(name, artifact_location=creation_location(cfg, uri))
         exp = client.get_experiment_by_name(name)
         if exp is None:
-            raise
-        return exp.experiment_id
+            raise mlflow.exceptions.MlflowException(f"experiment {name!r}: could not create it in {uri}")
+    make_portable(uri, exp, cfg)
+    return exp.experiment_id
+
+
+def bound_http_retries(cfg: TrackingConfig) -> None:
+    """Bound MLflow's HTTP retries (its defaults retry a dead server for minutes): a call to a tracking
+    server that is down fails after ``tracking.http_retries`` retries (1, 2, 4, ... s apart) or
+    ``tracking.http_timeout_s``; the epoch logger keeps what failed and sends it later. MLflow's own
+    environment variables, when set, win."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(cfg.http_retries))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(cfg.http_timeout_s))
+
+
+def dvc_outputs(root: str | Path = ".") -> list[str]:
+    """What ``dvc repro`` itself writes, relative to ``root``: dvc.lock and every stage's outs, metrics
+    and plots in ``root/dvc.yaml`` (templated paths, ``${...}``, are skipped)."""
+    try:
+        doc = yaml.safe_load((Path(root) / "dvc.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return []
+    paths = ["dvc.lock"]
+    stages = doc.get("stages") if isinstance(doc, dict) else None
+    for stage in (stages or {}).values():
+        if not isinstance(stage, dict):
+            continue
+        for key in ("outs", "metrics", "plots"):
+            for entry in stage.get(key) or []:
+                path = next(iter(entry), None) if isinstance(entry, dict) else entry
+                if isinstance(path, str) and "${" not in path:
+                    paths.append(path)
+    return paths
 
 
 def git_commit(cwd: str | Path = ".") -> str:
+    """HEAD's sha, with ``-dirty`` when tracked files differ from it.
+
+    DVC deletes a stage's git-tracked outputs (metrics, plots, best_params.json) before running it and
+    rewrites dvc.lock after, so those changes are DVC's own, not the code's: they do not count.
+    """
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True)
         commit = out.stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        ignored = [f":(exclude){p}" for p in dvc_outputs(cwd)]
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *ignored],
+                               cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -85,15 +127,57 @@ def read_run_id(path: str | Path) -> str:
 def start_run(cfg: TrackingConfig, *, run_id: str | None = None, run_name: str | None = None,
               nested: bool = False, tags: dict[str, str] | None = None,
               experiment: str | None = None) -> Iterator[mlflow.ActiveRun]:
-    """Start (or, with ``run_id``, resume) a run in the configured experiment."""
+    """Start (or, with ``run_id``, resume) a run in the configured experiment.
+
+    ``tracking.system_metrics`` samples CPU, memory, disk, network and GPU into the run's system/*
+    metrics while it is open; off, MLflow's own MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING still decides.
+    """
     exp_id = setup(cfg, experiment)
     kwargs = {"run_id": run_id} if run_id else {"experiment_id": exp_id, "run_name": run_name}
-    with mlflow.start_run(nested=nested, tags=tags, **kwargs) as run:
+    # The process holding the run open: see close_orphaned_runs.
+    tags = {**(tags or {}), HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+    with mlflow.start_run(nested=nested, tags=tags, log_system_metrics=cfg.system_metrics or None,
+                          **kwargs) as run:
         yield run
 
 
-def log_metrics(metrics: dict[str, float], step: int | None = None, prefix: str = "") -> None:
-    """Log the finite numeric entries of ``metrics``; MLflow rejects NaN in some stores."""
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host has this id (signal 0 tests it without touching it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def close_orphaned_runs(cfg: TrackingConfig, stage: str, keep: str | None = None) -> list[str]:
+    """Close as KILLED the runs of ``stage`` left RUNNING by a process of this host that is gone.
+
+    A stage killed mid-run (SIGKILL, out of memory, a power cut) cannot end its run; the next run of the
+    stage does. Runs of other hosts, runs without the process tags, runs whose process lives, and ``keep``
+    (the run about to be resumed) are left alone. Returns the ids closed.
+    """
+    exp_id = setup(cfg)
+    client = MlflowClient()
+    host, me = socket.gethostname(), os.getpid()
+    closed = []
+    query = f"tags.stage = '{stage}' and attributes.status = 'RUNNING'"
+    for run in client.search_runs([exp_id], filter_string=query):
+        pid = run.data.tags.get(PID_TAG, "")
+        if (run.info.run_id == keep or run.data.tags.get(HOST_TAG) != host or not pid.isdigit()
+                or int(pid) == me or pid_alive(int(pid))):
+            continue
+        client.set_terminated(run.info.run_id, status="KILLED")
+        log.warning("MLflow run %s (%s) was left RUNNING by process %s, which is gone: closed as KILLED",
+                    run.info.run_id, stage, pid)
+        closed.append(run.info.run_id)
+    return closed
+
+
+def finite_metrics(metrics: dict[str, float], prefix: str = "") -> dict[str, float]:
+    """The finite numeric entries of ``metrics``, keys prefixed; MLflow rejects NaN in some stores."""
     clean = {}
     for k, v in metrics.items():
         if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -102,5 +186,11 @@ def log_metrics(metrics: dict[str, float], step: int | None = None, prefix: str 
             log.warning("metric %s is not finite (%s); not logged", k, v)
             continue
         clean[f"{prefix}{k}"] = float(v)
+    return clean
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None, prefix: str = "") -> None:
+    """Log the finite numeric entries of ``metrics`` into the active run."""
+    clean = finite_metrics(metrics, prefix)
     if clean:
         mlflow.log_metrics(clean, step=step)

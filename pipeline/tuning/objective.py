@@ -1,18 +1,22 @@
-"""One trial: pretrain at the tuning budget with the trial's lambda and form, then score on validation.
+"""One trial: pretrain its configuration once per seed of ``tune.seeds``, then score each on validation.
 
 SSL trains on the prepared training split minus a validation split carved with
 ``train_val_split(train, evaluate.val_fraction, seed)``, so it never sees the validation images, and
-selection never looks at the test split. Every ``tune.eval_every`` epochs (and at the last one) the
-kNN validation accuracy is reported to Optuna, which may prune the trial there; the trial's value is
-:func:`pipeline.evaluation.validation_score` with ``tune.objective``. Every trial trains from the same
-seed, so trials differ only by their lambda and form.
+selection never looks at the test split. The seeds train in lockstep (:func:`train_epochs` advances each
+by one epoch in turn): every ``tune.eval_every`` epochs (and at the last one) each seed's kNN validation
+accuracy is measured and their *mean* is reported to Optuna, which may prune the trial there. The trial's
+value is the mean over seeds of :func:`pipeline.evaluation.validation_report`'s ``tune.objective``; each
+seed's value, the sd, and the mean RankMe of z and head sparsity are kept as the trial's user attributes
+(and in its nested MLflow run), so the report can pair every trial with its method's baseline seed by seed.
 
-The baseline trial is never pruned: the study's summary compares the best trial with it.
+Baselines are never pruned: the study's answer compares the best trial with them.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
+from collections.abc import Generator
 from dataclasses import dataclass
 
 import mlflow
@@ -21,17 +25,21 @@ import torch
 
 from pipeline import tracking
 from pipeline.config import Params
-from pipeline.data.arrays import Split, load_manifest, load_split
+from pipeline.data.arrays import Split, load_manifest
+from pipeline.data.shards import open_split
 from pipeline.data.splits import train_val_split
 from pipeline.device import resolve_device
-from pipeline.engine.trainer import train
-from pipeline.evaluation import knn_score, validation_score
-from pipeline.models import Encoder
+from pipeline.engine.trainer import EpochDone, TrainResult, train_epochs
+from pipeline.evaluation import knn_score, validation_report
 from pipeline.tracking.trials import trial_run
 from pipeline.tuning.space import SearchSpace, TrialChoice, suggest, trial_pretrain_config
 from pipeline.tuning.study import WORKER_ATTR, worker_id
 
 VAL_KNN = "val_knn"
+SEED_VALUES_ATTR = "seed_values"  # {seed: objective value}, as a JSON object (keys are strings)
+VALUE_SD_ATTR = "value_sd"
+# Per-trial means over seeds of what shows the head at work, for the report's figure.
+SUMMARY_ATTRS = ("rankme_z", "rankme", "head_sparsity", "head_exact_zero_frac")
 
 
 @dataclass
@@ -46,7 +54,7 @@ class TuneData:
     def load(cls, params: Params) -> TuneData:
         data_dir = params.prepare.out_dir
         manifest = load_manifest(data_dir)
-        fit, val = train_val_split(load_split(data_dir, "train"), params.evaluate.val_fraction, params.seed)
+        fit, val = train_val_split(open_split(data_dir, "train", manifest), params.evaluate.val_fraction, params.seed)
         if len(val) == 0:
             raise ValueError(f"evaluate.val_fraction {params.evaluate.val_fraction} leaves no validation "
                              f"images in {data_dir}")
@@ -54,31 +62,13 @@ class TuneData:
         return cls(fit, val, num_classes, manifest, resolve_device(params.pretrain.device))
 
 
-class _Reporter:
-    """Epoch callback: log the training metrics; every ``eval_every`` epochs report kNN and maybe prune."""
-
-    def __init__(self, trial: optuna.Trial, params: Params, data: TuneData, prunable: bool) -> None:
-        self.trial, self.params, self.data, self.prunable = trial, params, data, prunable
-        self.last_score: float | None = None
-
-    def __call__(self, epoch: int, metrics: dict[str, float], encoder: Encoder) -> None:
-        tracking.log_metrics(metrics, step=epoch)
-        t = self.params.tune
-        last = epoch == t.epochs
-        if epoch % t.eval_every and not last:
-            return
-        score = knn_score(encoder, self.data.fit, self.data.val, self.params.evaluate, self.data.device,
-                          self.data.num_classes)
-        self.last_score = score
-        tracking.log_metrics({VAL_KNN: score}, step=epoch)
-        self.trial.report(score, epoch)
-        # Pruning after the last epoch would save nothing.
-        if self.prunable and not last and self.trial.should_prune():
-            raise optuna.TrialPruned(f"{VAL_KNN} {score:.4f} at epoch {epoch}")
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    """Mean and sample sd (0 for one value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 class Objective:
-    """The callable handed to Optuna: one trial in, its validation score out (or TrialPruned)."""
+    """The callable handed to Optuna: one trial in, its mean validation score over seeds out (or TrialPruned)."""
 
     def __init__(self, params: Params, data: TuneData, space: SearchSpace, study_name: str) -> None:
         self.params, self.data, self.space, self.study_name = params, data, space, study_name
@@ -86,25 +76,69 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         trial.set_user_attr(WORKER_ATTR, worker_id())
         choice = suggest(trial, self.space)
-        t = self.params.tune
-        cfg = trial_pretrain_config(self.params.pretrain, choice, t.epochs)
-        with trial_run(self.study_name, trial, tags={"baseline": str(choice.baseline).lower()}):
+        with trial_run(self.study_name, trial, tags={"baseline": str(choice.baseline).lower(),
+                                                     "method": choice.method}):
             mlflow.log_params(_run_params(trial, choice, self.params))
-            reporter = _Reporter(trial, self.params, self.data, prunable=not choice.baseline)
-            result = train(cfg, self.data.fit.images, seed=self.params.seed, out_dir=None, callbacks=[reporter],
-                           epochs=t.epochs, progress=False)
-            if t.objective == "knn" and reporter.last_score is not None:
-                # The reporter scored the last epoch already: the same kNN, no second feature extraction.
-                value = reporter.last_score
+            return self._run(trial, choice)
+
+    def _run(self, trial: optuna.Trial, choice: TrialChoice) -> float:
+        t, ev, data = self.params.tune, self.params.evaluate, self.data
+        cfg = trial_pretrain_config(self.params.pretrain, choice, t.epochs)
+        runs = {s: train_epochs(cfg, data.fit.images, seed=s, epochs=t.epochs, progress=False) for s in t.seeds}
+        last: dict[int, EpochDone] = {}
+        reports: dict[int, dict[str, float]] = {}
+        for epoch in range(1, t.epochs + 1):
+            for s, run in runs.items():
+                last[s] = next(run)
+                tracking.log_metrics(last[s].metrics, step=epoch, prefix=f"seed{s}.")
+            if epoch % t.eval_every and epoch != t.epochs:
+                continue
+            if epoch == t.epochs:  # the full report once, from the same features as the last kNN
+                reports = {s: validation_report(done.encoder, data.fit, data.val, data.num_classes, ev,
+                                                data.device, s, t.objective) for s, done in last.items()}
+                scores = {s: rep["knn"] for s, rep in reports.items()}
             else:
-                value = validation_score(result.encoder, self.data.fit, self.data.val, self.data.num_classes,
-                                         self.params.evaluate, self.data.device, self.params.seed, t.objective)
-            if not math.isfinite(value):
-                raise ValueError(f"trial {trial.number}: the {t.objective} validation score is {value}")
-            tracking.log_metrics({"objective_value": value}, step=t.epochs)
-            return value
+                scores = {s: knn_score(done.encoder, data.fit, data.val, ev, data.device, data.num_classes)
+                          for s, done in last.items()}
+            score = statistics.fmean(scores.values())
+            tracking.log_metrics({VAL_KNN: score, **{f"{VAL_KNN}.seed{s}": v for s, v in scores.items()}},
+                                 step=epoch)
+            trial.report(score, epoch)
+            # Pruning after the last epoch would save nothing; baselines are the reference, never pruned.
+            if not choice.baseline and epoch != t.epochs and trial.should_prune():
+                raise optuna.TrialPruned(f"mean {VAL_KNN} {score:.4f} at epoch {epoch}")
+        for run in runs.values():
+            _finish(run)
+        values = {s: rep[t.objective] for s, rep in reports.items()}
+        bad = [s for s, v in values.items() if not math.isfinite(v)]
+        if bad:
+            raise ValueError(f"trial {trial.number}: the {t.objective} validation score of seed {bad[0]} is "
+                             f"{values[bad[0]]}")
+        value, sd = mean_sd(list(values.values()))
+        trial.set_user_attr(SEED_VALUES_ATTR, {str(s): v for s, v in values.items()})
+        trial.set_user_attr(VALUE_SD_ATTR, sd)
+        summary = {}
+        for key in SUMMARY_ATTRS:
+            per_seed = [rep[key] for rep in reports.values()]
+            summary[key] = statistics.fmean(per_seed)
+            trial.set_user_attr(key, summary[key])
+        tracking.log_metrics({"objective_value": value, "objective_sd": sd,
+                              **{f"objective_value.seed{s}": v for s, v in values.items()},
+                              **summary}, step=t.epochs)
+        return value
+
+
+def _finish(run: Generator[EpochDone, None, TrainResult]) -> TrainResult:
+    """Drain a lockstep run whose last epoch was already yielded, returning its TrainResult."""
+    try:
+        next(run)
+    except StopIteration as stop:
+        return stop.value
+    raise RuntimeError("a tuning run yielded more epochs than tune.epochs")
 
 
 def _run_params(trial: optuna.Trial, choice: TrialChoice, params: Params) -> dict[str, object]:
-    return {"lambda": choice.lam, "form": choice.form, "baseline": choice.baseline, "trial_number": trial.number,
-            "epochs": params.tune.epochs, "objective": params.tune.objective, "seed": params.seed}
+    return {"lambda": choice.lam, "form": choice.form, "update": choice.update, "method": choice.method,
+            "baseline": choice.baseline, "trial_number": trial.number, "epochs": params.tune.epochs,
+            "objective": params.tune.objective, "seeds": ",".join(map(str, params.tune.seeds)),
+            "split_seed": params.seed, "torch_num_threads": torch.get_num_threads()}

@@ -1,14 +1,16 @@
-"""The search space, the baseline trial, and the study's name.
+"""The search space, the baseline trials, and the study's name.
 
-Lambda is searched log-uniformly in ``[tune.lambda_low, tune.lambda_high]``; the SparseHead form is a
-categorical over ``tune.forms`` when more than one is given.
+Lambda is searched log-uniformly in ``[tune.lambda_low, tune.lambda_high]``; the SparseHead form, its
+update rule and the SSL method are categoricals over ``tune.forms``, ``tune.updates`` and
+``tune.methods`` when more than one is given.
 
-The baseline, lambda = 0 (plain SimCLR), lies outside any log-uniform range, so it is not a value of
-the ``lambda`` parameter: it is a trial enqueued with the user attribute ``baseline=True`` that
-suggests no parameter at all. The samplers never see a 0 they would have to take the log of (they
-model ``lambda`` only from the trials that have it), and every trial, baseline or not, records the
-coefficient it really trained with as the user attributes ``lambda_used`` and ``form_used``. Tables
-and plots read those, so the baseline shows at lambda 0.
+A baseline, lambda = 0 (the SSL method without SparseHead), lies outside any log-uniform range, so it is
+not a value of the ``lambda`` parameter: it is a trial enqueued with the user attributes
+``baseline=True`` and ``method_used=<method>`` that suggests no parameter at all; each searched method
+has its own. The samplers never see a 0 they would have to take the log of (they model ``lambda`` only
+from the trials that have it), and every trial, baseline or not, records what it really trained with as
+the user attributes ``lambda_used``, ``form_used``, ``update_used`` and ``method_used``. Tables and plots
+read those, so a baseline shows at lambda 0.
 
 A study's name is ``tune.study_name`` plus a short hash of everything that decides what a trial's
 value means: the search space, the per-trial budget and objective, the rest of the pretraining
@@ -25,13 +27,25 @@ from dataclasses import asdict, dataclass
 
 import optuna
 
-from pipeline.config import Params, PretrainConfig, SparseHeadConfig, TuneConfig
+from pipeline.config import Params, PretrainConfig, SparseHeadConfig
 
 LAMBDA = "lambda"
 FORM = "form"
+UPDATE = "update"
+METHOD = "method"
 BASELINE_ATTR = "baseline"
 LAMBDA_ATTR = "lambda_used"
 FORM_ATTR = "form_used"
+UPDATE_ATTR = "update_used"
+METHOD_ATTR = "method_used"
+
+
+def _distinct(name: str, values: list[str], what: str) -> tuple[str, ...]:
+    if not values:
+        raise ValueError(f"tune.{name} is empty: list at least one {what}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"tune.{name} lists a value twice: {values}")
+    return tuple(values)
 
 
 @dataclass(frozen=True)
@@ -39,25 +53,36 @@ class SearchSpace:
     lambda_low: float
     lambda_high: float
     forms: tuple[str, ...]
+    updates: tuple[str, ...] = ("gradient",)
+    methods: tuple[str, ...] = ("simclr",)
 
     @classmethod
-    def from_config(cls, cfg: TuneConfig) -> SearchSpace:
+    def from_params(cls, params: Params) -> SearchSpace:
+        cfg = params.tune
         if not cfg.lambda_low < cfg.lambda_high:
             raise ValueError(f"tune.lambda_low ({cfg.lambda_low}) must be below tune.lambda_high "
                              f"({cfg.lambda_high})")
-        if not cfg.forms:
-            raise ValueError("tune.forms is empty: list at least one SparseHead form")
-        if len(set(cfg.forms)) != len(cfg.forms):
-            raise ValueError(f"tune.forms lists a form twice: {cfg.forms}")
-        return cls(float(cfg.lambda_low), float(cfg.lambda_high), tuple(cfg.forms))
+        methods = cfg.methods if cfg.methods is not None else [params.pretrain.ssl.method]
+        from pipeline.methods import METHODS  # deferred: the methods import torch models
+
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"tune.methods: unknown method {unknown[0]!r}; choose among {', '.join(METHODS)}")
+        return cls(float(cfg.lambda_low), float(cfg.lambda_high), _distinct("forms", cfg.forms, "SparseHead form"),
+                   _distinct("updates", cfg.updates, "update rule"), _distinct("methods", methods, "SSL method"))
 
     @property
     def searched(self) -> list[str]:
         """The Optuna parameters a non-baseline trial suggests."""
-        return [LAMBDA, FORM] if len(self.forms) > 1 else [LAMBDA]
+        out = [LAMBDA]
+        for name, values in ((FORM, self.forms), (UPDATE, self.updates), (METHOD, self.methods)):
+            if len(values) > 1:
+                out.append(name)
+        return out
 
     def to_dict(self) -> dict:
-        return {"lambda": [self.lambda_low, self.lambda_high], "log": True, "forms": list(self.forms)}
+        return {"lambda": [self.lambda_low, self.lambda_high], "log": True, "forms": list(self.forms),
+                "updates": list(self.updates), "methods": list(self.methods)}
 
 
 @dataclass(frozen=True)
@@ -65,44 +90,59 @@ class TrialChoice:
     lam: float
     form: str
     baseline: bool
+    update: str = "gradient"
+    method: str = "simclr"
 
 
 def is_baseline(trial: optuna.trial.BaseTrial | optuna.trial.FrozenTrial) -> bool:
     return bool(trial.user_attrs.get(BASELINE_ATTR, False))
 
 
+def _categorical(trial: optuna.Trial, name: str, values: tuple[str, ...]) -> str:
+    return str(trial.suggest_categorical(name, list(values))) if len(values) > 1 else values[0]
+
+
 def suggest(trial: optuna.Trial, space: SearchSpace) -> TrialChoice:
-    """Draw this trial's lambda and form (the baseline draws nothing) and record what it trains with."""
+    """Draw this trial's lambda, form, update and method (a baseline draws nothing) and record them."""
     if is_baseline(trial):
-        # The form is irrelevant at lambda 0; the first listed keeps the record definite.
-        choice = TrialChoice(0.0, space.forms[0], True)
+        # Form and update are irrelevant at lambda 0; the first listed keeps the record definite.
+        method = str(trial.user_attrs.get(METHOD_ATTR, space.methods[0]))
+        choice = TrialChoice(0.0, space.forms[0], True, space.updates[0], method)
     else:
         lam = trial.suggest_float(LAMBDA, space.lambda_low, space.lambda_high, log=True)
-        form = trial.suggest_categorical(FORM, list(space.forms)) if len(space.forms) > 1 else space.forms[0]
-        choice = TrialChoice(float(lam), str(form), False)
-    trial.set_user_attr(LAMBDA_ATTR, choice.lam)
-    trial.set_user_attr(FORM_ATTR, choice.form)
+        choice = TrialChoice(float(lam), _categorical(trial, FORM, space.forms), False,
+                             _categorical(trial, UPDATE, space.updates), _categorical(trial, METHOD, space.methods))
+    for attr, value in ((LAMBDA_ATTR, choice.lam), (FORM_ATTR, choice.form), (UPDATE_ATTR, choice.update),
+                        (METHOD_ATTR, choice.method)):
+        trial.set_user_attr(attr, value)
     return choice
 
 
-def enqueue_baseline(study: optuna.Study) -> bool:
-    """Enqueue the lambda = 0 trial unless the study already has one that is not failed.
+def trial_method(trial: optuna.trial.BaseTrial | optuna.trial.FrozenTrial) -> str | None:
+    return trial.user_attrs.get(METHOD_ATTR)
+
+
+def enqueue_baselines(study: optuna.Study, space: SearchSpace) -> list[str]:
+    """Enqueue a lambda = 0 trial for every method that has none that is not failed; returns those methods.
 
     Call under the study's :class:`~pipeline.tuning.storage.BudgetLock`, so that two workers starting
-    together enqueue it once. A failed baseline is enqueued again, so a rerun repairs it.
+    together enqueue each once. A failed baseline is enqueued again, so a rerun repairs it.
     """
     alive = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
              optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
-    if any(is_baseline(t) for t in study.get_trials(deepcopy=False, states=alive)):
-        return False
-    study.enqueue_trial({}, user_attrs={BASELINE_ATTR: True})
-    return True
+    have = {trial_method(t) for t in study.get_trials(deepcopy=False, states=alive) if is_baseline(t)}
+    added = [m for m in space.methods if m not in have]
+    for method in added:
+        study.enqueue_trial({}, user_attrs={BASELINE_ATTR: True, METHOD_ATTR: method})
+    return added
 
 
 def trial_pretrain_config(base: PretrainConfig, choice: TrialChoice, epochs: int) -> PretrainConfig:
-    """``base`` with this trial's SparseHead and the tuning budget, validated like params.yaml."""
+    """``base`` with this trial's SparseHead, method and the tuning budget, validated like params.yaml."""
     d = base.model_dump(by_alias=True)
-    d["sparsehead"] = SparseHeadConfig(form=choice.form, lam=choice.lam).model_dump(by_alias=True)
+    d["sparsehead"] = {**d["sparsehead"], **SparseHeadConfig(
+        form=choice.form, lam=choice.lam, update=choice.update).model_dump(by_alias=True, exclude={"include_predictor"})}
+    d["ssl"] = {**d["ssl"], "method": choice.method}
     d["epochs"] = epochs
     return PretrainConfig.model_validate(d)
 
@@ -112,17 +152,22 @@ def study_identity(params: Params, dataset_sha256: str) -> dict:
     t, ev = params.tune, params.evaluate
     # The searched fields, the full-run budget and where/how it runs do not change a trial's value.
     pretrain = params.pretrain.model_dump(
-        by_alias=True, exclude={"sparsehead", "epochs", "out_dir", "device", "num_threads", "channels_last"})
+        by_alias=True, exclude={"epochs", "out_dir", "device", "num_threads", "channels_last"})
+    # Searched or fixed by the trial: only include_predictor of the SparseHead section changes a value.
+    pretrain["sparsehead"] = {"include_predictor": params.pretrain.sparsehead.include_predictor}
+    if t.methods is not None:
+        pretrain["ssl"] = {k: v for k, v in pretrain["ssl"].items() if k != "method"}
     evaluate = {"val_fraction": ev.val_fraction, "knn_k": min(ev.knn_k), "knn_temperature": ev.knn_temperature}
     if t.objective == "linear":
         evaluate["probe"] = ev.probe.model_dump()
     return {
-        "space": SearchSpace.from_config(t).to_dict(),
+        "space": SearchSpace.from_params(params).to_dict(),
         "epochs": t.epochs,
+        "seeds": list(t.seeds),
         "objective": t.objective,
         "pretrain": pretrain,
         "evaluate": evaluate,
-        "seed": params.seed,
+        "split_seed": params.seed,
         "data": dataset_sha256,
     }
 

@@ -1,0 +1,41 @@
+"""Momentum (EMA) target networks, shared by BYOL and MoCo v2.
+
+The target is a copy of the online encoder (backbone + projection head) that takes no gradient and
+follows the online weights as ``target = m * target + (1 - m) * online`` after every optimiser step.
+Only parameters follow: the target's batch-norm statistics come from its own forward passes (it runs in
+training mode, as in both papers' code). Under DDP the online weights are identical on every rank, so
+the targets are too.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+
+def momentum_copy(module: nn.Module) -> nn.Module:
+    """A frozen copy of ``module`` to serve as its momentum target."""
+    target = copy.deepcopy(module)
+    target.requires_grad_(False)
+    return target
+
+
+@torch.no_grad()
+def ema_update_(target: nn.Module, online: nn.Module, momentum: float) -> None:
+    """``target = momentum * target + (1 - momentum) * online``, parameter by parameter, in place."""
+    t = [p.data for p in target.parameters()]
+    o = [p.data for p in online.parameters()]
+    if len(t) != len(o):
+        raise ValueError(f"target has {len(t)} parameters, online {len(o)}")
+    torch._foreach_mul_(t, momentum)
+    torch._foreach_add_(t, o, alpha=1.0 - momentum)
+
+
+def cosine_momentum(base: float, step: int, total_steps: int) -> float:
+    """BYOL's schedule: ``1 - (1 - base) (cos(pi k / K) + 1) / 2`` at update k = step - 1 of K = total_steps,
+    so the first update uses ``base`` and the momentum rises towards 1 at the end of training."""
+    k = min(max(step - 1, 0), total_steps)
+    return 1.0 - (1.0 - base) * (math.cos(math.pi * k / max(1, total_steps)) + 1.0) / 2.0
