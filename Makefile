@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run cifar10 test lint serve bench
+.PHONY: setup run cifar10 test lint serve bench remote push pull
 
 # pip takes torch==2.14.1 / torchvision==0.29.1 from this machine's disk; the stamp re-runs the install
 # only when pyproject.toml changes.
@@ -32,7 +32,8 @@ CIFAR10 := -S prepare.source=cifar10 -S prepare.download=true \
 	-S pretrain.batch_size=512 -S pretrain.epochs=200 -S pretrain.ssl.temperature=0.2 \
 	-S pretrain.optim.name=lars -S pretrain.optim.lr=0.5 -S pretrain.optim.weight_decay=0.000001 \
 	-S pretrain.optim.warmup_epochs=10 -S 'pretrain.augment.crop_scale=[0.08,1.0]' \
-	-S pretrain.augment.hflip_prob=0.5 -S tune.epochs=30 -S tune.eval_every=10 -S tune.pruner_warmup_steps=10
+	-S pretrain.augment.hflip_prob=0.5 -S tune.epochs=30 -S tune.eval_every=10 -S tune.pruner_warmup_steps=10 \
+	-S tracking.system_metrics=true
 
 cifar10: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc exp run $(CIFAR10)
@@ -48,10 +49,25 @@ lint: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/python -m service
 
+# A DVC remote for the data and models (none ships: each lab has its own bucket and credentials), then
+# commit .dvc/config so every clone knows it: make remote URL=s3://bucket/sparsehead (gs://..., ssh://...,
+# or a shared folder; S3/GCS/SSH need pip install -e '.[s3]' / '.[gs]' / '.[ssh]').
+remote: $(STAMP)
+	@test -n "$(URL)" || { echo "usage: make remote URL=s3://bucket/path | gs://bucket/path | ssh://host/path | /a/folder"; exit 2; }
+	$(BIN)/dvc remote add --default --force storage $(URL)
+
+push: $(STAMP)
+	$(BIN)/dvc push
+
+# What a teammate runs instead of retraining: the pipeline's data and models, then `make run` does nothing.
+pull: $(STAMP)
+	$(BIN)/dvc pull
+
 # Figures, not pass/fail: training and augmentation img/s, evaluation seconds, the service against
 # `mlflow models serve` (needs a registered champion: `make run` first).
 bench: $(STAMP)
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/pretrain_throughput.py --streaming
 	$(BIN)/python bench/augment.py
 	$(BIN)/python bench/evaluate.py
 	$(BIN)/python bench/serve.py --seconds 5

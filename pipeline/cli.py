@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -47,25 +48,47 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return out
 
 
+def _raised_in(exc: BaseException, package: str) -> bool:
+    """Whether any exception of ``exc``'s chain passed through ``package``'s code."""
+    for e in _chain(exc):
+        tb = e.__traceback__
+        while tb is not None:
+            if f"{os.sep}{package}{os.sep}" in tb.tb_frame.f_code.co_filename:
+                return True
+            tb = tb.tb_next
+    return False
+
+
 def _store_error(exc: BaseException, params: Params | None) -> str | None:
-    """One line for an MLflow tracking store that cannot be read (a garbage ``mlflow.db``, a server that
-    answers errors), or None when ``exc`` is not one. Only looks at modules already imported: the stage
-    contract must not import MLflow for a stage that never used it."""
-    sa = sys.modules.get("sqlalchemy.exc")
-    mlflow_exc = sys.modules.get("mlflow.exceptions")
-    db = next((e for e in _chain(exc) if sa is not None and isinstance(e, sa.SQLAlchemyError)), None)
-    mlf = next((e for e in _chain(exc) if mlflow_exc is not None and isinstance(e, mlflow_exc.MlflowException)), None)
-    if db is None and mlf is None:
+    """One line for a store that cannot be used (a garbage ``mlflow.db`` or ``optuna.db``, a tracking
+    server that does not answer), or None when ``exc`` is something else: a bug keeps its traceback.
+
+    Only looks at modules already imported: the stage contract must not import MLflow for a stage that
+    never used it.
+    """
+    sa, mlflow_exc = sys.modules.get("sqlalchemy.exc"), sys.modules.get("mlflow.exceptions")
+    chain = _chain(exc)
+    db = next((e for e in chain if sa is not None and isinstance(e, sa.SQLAlchemyError)), None)
+    # MLflow's REST client wraps a server it cannot reach as "API request to <url> failed ...".
+    down = next((e for e in chain if mlflow_exc is not None and isinstance(e, mlflow_exc.MlflowException)
+                 and "API request to" in str(e)), None)
+    cause = db or down
+    if cause is None:
         return None
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or (params.tracking.tracking_uri if params else "the tracking store")
-    reason = " ".join(str(getattr(db, "orig", None) or db or mlf).split("\n")[0].split())[:200]
+    if db is not None and _raised_in(exc, "optuna"):
+        what, env = "Optuna storage", "OPTUNA_STORAGE"
+        uri = os.environ.get(env) or (params.tune.storage if params else "?")
+    else:
+        what, env = "MLflow tracking store", "MLFLOW_TRACKING_URI"
+        uri = os.environ.get(env) or (params.tracking.tracking_uri if params else "?")
+    uri = re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", uri)  # never print a password
+    reason = " ".join(str(getattr(cause, "orig", None) or cause).split("\n")[0].split())[:200]
     if db is not None and uri.startswith("sqlite:///"):
         path = uri[len("sqlite:///"):]
-        way_out = (f"move it aside (mv {path} {path}.bad) to start a new store, or set MLFLOW_TRACKING_URI "
-                   "to a working one")
+        way_out = f"move it aside (mv {path} {path}.bad) to start a new one, or set {env} to a working one"
     else:
-        way_out = "check that the store is reachable and healthy, or set MLFLOW_TRACKING_URI to a working one"
-    return f"MLflow tracking store {uri}: cannot be used ({type(db or mlf).__name__}: {reason}); {way_out}"
+        way_out = f"check that it is reachable and healthy, or set {env} to a working one"
+    return f"{what} {uri}: cannot be used ({type(cause).__name__}: {reason}); {way_out}"
 
 
 def stage_main(name: str, body: Callable[[Params, argparse.Namespace], None],

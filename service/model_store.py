@@ -30,7 +30,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.data.preprocess import to_model_input
 from pipeline.device import resolve_device
-from pipeline.tracking.registry import METRIC_TAG_PREFIX, LoadedModel, load_registered
+from pipeline.tracking.registry import METRIC_TAG_PREFIX, LoadedModel, load_registered, resolve_model_uri
 from service.imaging import FORMATS
 from service.metrics import Metrics
 
@@ -172,20 +172,8 @@ class ModelStore:
 
     def _resolve_version_blocking(self) -> str | None:
         """The version the URI points at now (None when unknown, e.g. a runs:/ URI)."""
-        if not self.uri.startswith("models:/"):
-            return None
-        rest = self.uri[len("models:/"):]
         client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
-        if "@" in rest:
-            name, alias = rest.rsplit("@", 1)
-            return str(client.get_model_version_by_alias(name, alias).version)
-        name, _, ref = rest.rpartition("/")
-        if ref.isdigit():
-            return ref
-        if name and ref == "latest":
-            versions = client.search_model_versions(f"name='{name}'")
-            return str(max(int(v.version) for v in versions)) if versions else None
-        return None
+        return resolve_model_uri(self.uri, client).version
 
     def _fetch_blocking(self, force: bool, previous: str | None) -> ServedModel | None:
         """The new model, or None when the URI still points at ``previous`` (and not ``force``)."""

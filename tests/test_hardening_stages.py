@@ -176,6 +176,15 @@ def test_garbage_mlflow_db_is_one_line_naming_the_store_end_to_end(work):
     assert "mv " in lines[0] and "MLFLOW_TRACKING_URI" in lines[0]
 
 
+def test_garbage_optuna_db_names_the_optuna_storage_not_mlflow(work, capsys):
+    from pipeline.stages.tune import run as tune_body
+
+    _set_params(work, tune={"storage": f"sqlite:///{work / 'optuna.db'}"})
+    (work / "optuna.db").write_bytes(os.urandom(8192))
+    _fails(capsys, "tune", tune_body, f"Optuna storage sqlite:///{work / 'optuna.db'}: cannot be used",
+           "file is not a database", "mv ", "OPTUNA_STORAGE")
+
+
 # --- outputs -----------------------------------------------------------------------------------------
 
 def test_an_output_folder_that_cannot_be_written_is_one_line(work, capsys):
@@ -252,7 +261,8 @@ def test_a_run_left_running_by_a_killed_process_is_closed_by_the_next_run(work):
         client.update_run(new, "RUNNING")
         assert stage_main("pretrain", pretrain_body, argv=[]) == 0
         assert (work / "models/pretrain/run_id").read_text().strip() == new
-        assert client.get_run(new).info.status == "FINISHED"
+        resumed = client.get_run(new)
+        assert resumed.info.status == "FINISHED" and resumed.data.tags["pid"] == str(os.getpid())
     finally:
         sleeper.kill()
         sleeper.wait()
@@ -280,6 +290,7 @@ def test_prepared_images_smaller_than_the_backbone_takes_are_refused_at_pretrain
     _set_params(work, pretrain={"backbone": {"name": "resnet18"}})  # the prepared images are 8x8
     _fails(capsys, "pretrain", pretrain_body, "prepared images are 8x8", "resnet18", "(9)",
            "pretrain.image_size to 9 or more")
+    assert not (work / "mlflow.db").exists()  # refused before any MLflow run was started
 
 
 def _dead_taps(name: str, side: int) -> tuple[int, bool]:

@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 NAME = "sparsehead-encoder"
 RELOAD_NAME = "reload-encoder"  # the reload test moves this one's alias, so the others never see it move
 SIDE = 8
-WAIT_S = 60  # upper bound for any wait on a condition; never reached when things work
+WAIT_S = 180  # upper bound for any wait on a condition; never reached when things work
 
 # Small limits, so that each can be crossed with a small request.
 LIMITS = {"max_images_per_request": 8, "max_image_bytes": 50_000, "max_image_pixels": 1_000_000,

@@ -205,3 +205,21 @@ def test_a_folder_is_decoded_in_parallel_straight_into_shards(tmp_path):
     for name in ("train", "test"):
         np.testing.assert_array_equal(np.asarray(getattr(ds, name).images), getattr(in_memory, name).images)
         np.testing.assert_array_equal(getattr(ds, name).labels, getattr(in_memory, name).labels)
+
+
+def test_prepare_stage_shards_on_request_and_stages_open_them(tmp_path, monkeypatch, capsys):
+    from pipeline.config import Params
+    from pipeline.stages import prepare
+
+    monkeypatch.chdir(tmp_path)
+    params = Params.model_validate({"prepare": {"format": "shards", "shard_images": 500}})
+    prepare.run(params)
+    assert "4 shards" in capsys.readouterr().out  # 1438 train images: 500 + 500 + 438; 359 test in one
+    ds = open_dataset("data/prepared")
+    assert isinstance(ds.train.images, ShardedImages) and ds.image_shape == (8, 8, 1)
+    assert prepare.shard_images_for(params.prepare.model_copy(update={"format": "auto"}), 2**30) is None
+    assert prepare.shard_images_for(params.prepare.model_copy(update={"format": "auto"}), 3 * 2**30) == 500
+    # A shard that went missing is one readable line naming it.
+    (tmp_path / "data" / "prepared" / "train" / "shard-00001.npy").unlink()
+    with pytest.raises(FileNotFoundError, match="shard-00001.npy: shard listed in"):
+        open_dataset("data/prepared")

@@ -23,7 +23,7 @@ from pipeline.stages.tune import run as tune_body
 from pipeline.tracking.trials import PARENT_ATTR, PARENT_RUN_TAG, RUN_ATTR, STATE_TAG
 from pipeline.tuning.objective import SEED_VALUES_ATTR, VALUE_SD_ATTR
 from pipeline.tuning.report import TRIAL_COLUMNS, write_report
-from pipeline.tuning.space import BASELINE_ATTR, LAMBDA_ATTR, study_name
+from pipeline.tuning.space import BASELINE_ATTR, LAMBDA_ATTR, METHOD_ATTR, study_name
 from pipeline.tuning.storage import open_storage
 from pipeline.tuning.study import WORKER_ATTR
 from pipeline.tuning.worker import run_tuning
@@ -267,3 +267,26 @@ def test_configured_pruners_run_the_whole_budget(workdir, pruner):
     assert len(trials) == N_TRIALS and trials[0].state == TrialState.COMPLETE
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     assert outcome.counts.finished == N_TRIALS
+
+
+def test_several_methods_each_get_a_baseline_and_the_gap_pairs_within_a_method(workdir):
+    params = write_params(workdir, n_trials=4, methods=["simclr", "vicreg"])
+    outcome = run_tuning(params, progress=False)
+    trials = outcome.study.get_trials()
+    baselines = {t.user_attrs[METHOD_ATTR]: t for t in trials if t.user_attrs.get(BASELINE_ATTR)}
+    assert sorted(baselines) == ["simclr", "vicreg"] and all(b.number < 2 for b in baselines.values())
+    for t in trials:
+        if not t.user_attrs.get(BASELINE_ATTR):
+            assert t.params["method"] == t.user_attrs[METHOD_ATTR] in ("simclr", "vicreg")
+    best, metrics = write_report(outcome, params)
+    best_trial = outcome.study.best_trial
+    assert best["method"] == best_trial.user_attrs[METHOD_ATTR]
+    # The gap pairs the best trial with the baseline of its own method, seed by seed.
+    own = baselines[best["method"]]
+    assert metrics["baseline_mean"] == pytest.approx(own.value)
+    if best_trial.number != own.number:
+        expected = statistics.fmean(best_trial.user_attrs[SEED_VALUES_ATTR][s] - own.user_attrs[SEED_VALUES_ATTR][s]
+                                    for s in ("0", "1"))
+        assert metrics["gap_mean"] == pytest.approx(expected)
+    methods = {row.split(",")[2] for row in Path("plots/tune/trials.csv").read_text().splitlines()[1:]}
+    assert methods == {"simclr", "vicreg"}

@@ -30,5 +30,5 @@ def load_source(cfg: PrepareConfig, seed: int, progress: bool = False) -> Datase
 
         if cfg.path is None:
             raise DataError("prepare.path: not set; the folder source needs the root of <class>/<image> folders")
-        return load_folder(cfg.path, cfg.image_size, cfg.test_fraction, seed, progress)
+        return load_folder(cfg.path, cfg.image_size, cfg.test_fraction, seed, progress, cfg.workers)
     raise DataError(f"prepare.source: unknown source {cfg.source!r}")

@@ -73,12 +73,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def read_checkpoint_meta(path: str | Path) -> dict | None:
-    """The fingerprint, epochs done and caller metadata of a checkpoint, or None when there is none."""
+    """The fingerprint, epochs done, their metrics and caller metadata of a checkpoint, or None when there
+    is none."""
     state = load_checkpoint(path)
     if state is None:
         return None
     return {"fingerprint": state.get("fingerprint"), "epoch": state.get("epoch", 0), "meta": state.get("meta", {}),
-            "num_threads": state.get("num_threads")}
+            "num_threads": state.get("num_threads"), "history": state.get("history", [])}
 
 
 def save_checkpoint(path: Path, state: dict) -> None:

@@ -12,7 +12,8 @@ it in chunks. The order of an epoch is exact and seeded:
 2. a chunk's images are laid out in ascending position order (sequential reads of each shard);
 3. a permutation within each chunk is drawn from ``g`` at the start of the epoch, chunk by chunk;
 4. the epoch is the concatenation of the permuted chunks, cut into global batches (a batch may span two
-   chunks); rank r of a DDP run takes the r-th slice of each global batch, as in memory.
+   chunks); rank r of a DDP run takes the r-th slice of each global batch, as in memory (every rank
+   reads every chunk: the within-chunk permutation needs all of it).
 
 So with one chunk holding the whole set the epoch is ``randperm(n, generator=g)``, the same batches (and
 losses) as in memory; and an epoch depends only on (seed, epoch), so a resumed run is bit-identical. A
@@ -130,6 +131,8 @@ class StreamingFeeder:
             stop.set()
             free.put((None, None))  # wakes a producer waiting for a buffer
             worker.join()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)  # no copy from a pinned buffer outlives its epoch
 
     def _produce(self, plan: list[list[tuple[int, int]]], free: queue.Queue, ready: queue.Queue,
                  stop: threading.Event) -> None:

@@ -11,6 +11,7 @@ across threads, so a resume with another thread count warns that it will not be 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Generator, Sequence
 from contextlib import nullcontext
@@ -35,7 +36,8 @@ from pipeline.sparsehead import SparseHeadRegularizer, head_stats
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CHECKPOINT", "EpochCallback", "EpochDone", "TrainResult", "build_encoder", "train", "train_epochs"]
+__all__ = ["CHECKPOINT", "EpochCallback", "EpochDone", "TrainResult", "build_encoder", "check_input", "train",
+           "train_epochs"]
 
 # Called after every epoch with (epoch 1-based, that epoch's metrics, the encoder). A callback may
 # raise (optuna.TrialPruned, say) to stop training; the checkpoint of that epoch is already on disk.
@@ -54,15 +56,21 @@ class TrainResult:
         return self.history[-1] if self.history else {}
 
 
-def build_encoder(cfg: PretrainConfig, images: np.ndarray) -> Encoder:
-    """The encoder for this config and data: input side, channels and normalisation from the images."""
-    _, h, w, c = images.shape
+def check_input(cfg: PretrainConfig, shape: tuple[int, ...]) -> None:
+    """Refuse (N, H, W, C) images the model cannot take as they are; callers check before any run starts."""
+    _, h, w, _ = shape
     if h != w and cfg.image_size is None:
         raise ValueError(f"images are {h}x{w}: non-square data needs pretrain.image_size")
     low = MIN_INPUT_SIDE[cfg.backbone.name]  # pretrain.image_size itself is checked when params load
     if cfg.image_size is None and h < low:
         raise ValueError(f"the prepared images are {h}x{w}, below the smallest side the {cfg.backbone.name} "
                          f"backbone can take ({low}); set pretrain.image_size to {low} or more to resize them")
+
+
+def build_encoder(cfg: PretrainConfig, images: np.ndarray) -> Encoder:
+    """The encoder for this config and data: input side, channels and normalisation from the images."""
+    check_input(cfg, images.shape)
+    _, h, _, c = images.shape
     mean, std = channel_stats(images)
     spec = EncoderSpec(
         backbone=cfg.backbone.name,
@@ -168,8 +176,10 @@ def train_epochs(cfg: PretrainConfig, images: np.ndarray, *, seed: int = 0, out_
     view1, view2 = (SimCLRAugment(a, encoder.spec.input.image_size) for a in method.view_configs(cfg.augment))
     amp = autocast_dtype(device, cfg.precision)
 
-    # Sharded images carry their manifest hash: never read a set larger than memory just to name it.
-    fp = fingerprint(cfg, data_digest or getattr(images, "digest", None) or images, seed, epochs, dist.world_size)
+    # Sharded images carry their manifest hash: never read a set larger than memory just to name it; and
+    # without a checkpoint (tuning trials) nothing needs naming.
+    digest = data_digest or getattr(images, "digest", None) or (images if out_dir is not None else "-")
+    fp = fingerprint(cfg, digest, seed, epochs, dist.world_size)
     ckpt_path = Path(out_dir) / CHECKPOINT if out_dir is not None else None
     state_of = {"encoder": encoder, "method": method, "optimizer": optimizer, "scheduler": scheduler}
     history: list[dict[str, float]] = []
@@ -223,6 +233,9 @@ def train_epochs(cfg: PretrainConfig, images: np.ndarray, *, seed: int = 0, out_
             "epoch_seconds": seconds,
             **head_stats(encoder.head),
         }
+        if not math.isfinite(metrics["loss_total"]):  # a diverged run must not reach evaluation or the registry
+            raise ValueError(f"pretrain: the loss is {metrics['loss_total']} at epoch {epoch + 1}: training diverged; "
+                             f"lower pretrain.optim.lr (with SGD, vicreg and barlow_twins need about 0.05)")
         history.append(metrics)
         if ckpt_path is not None and dist.is_main:
             save_checkpoint(ckpt_path, {

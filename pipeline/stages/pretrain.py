@@ -20,7 +20,7 @@ from pipeline.data.arrays import load_manifest
 from pipeline.data.shards import open_split
 from pipeline.engine.checkpoint import CHECKPOINT, fingerprint, read_checkpoint_meta
 from pipeline.engine.distributed import DistContext
-from pipeline.engine.trainer import TrainResult, train
+from pipeline.engine.trainer import TrainResult, check_input, train
 from pipeline.io import write_metrics
 from pipeline.models.encoder import ENCODER_FILE, save_encoder
 from pipeline.tracking.buffer import EpochMetricLogger
@@ -35,6 +35,15 @@ class PretrainOutcome:
     encoder_path: Path
 
 
+def _relog_unlogged_epochs(epoch_logger: EpochMetricLogger, history: list[dict[str, float]]) -> None:
+    """Epochs the checkpoint holds but the run lacks (the process was killed between saving an epoch and
+    logging it): log them now, so a resumed run's history has every epoch once."""
+    logged = {m.step for m in epoch_logger.client.get_metric_history(epoch_logger.run_id, "loss_total")}
+    for epoch, metrics in enumerate(history, 1):
+        if epoch not in logged:
+            epoch_logger(epoch, metrics)
+
+
 def pretrain_and_log(params: Params, cfg: PretrainConfig, out_dir: str | Path, *, run_name: str,
                      metrics_path: str | Path | None = None, extra_tags: dict[str, str] | None = None,
                      progress: bool = True, seed: int | None = None) -> PretrainOutcome:
@@ -47,6 +56,7 @@ def pretrain_and_log(params: Params, cfg: PretrainConfig, out_dir: str | Path, *
     data_dir = params.prepare.out_dir
     manifest = load_manifest(data_dir)
     images = open_split(data_dir, "train", manifest).images  # memory-mapped when prepare sharded the set
+    check_input(cfg, images.shape)  # before a run is started for nothing
     digest = str(manifest["sha256"]["train"])  # stands for the images in checkpoint fingerprints
     dist = DistContext.from_env()
     sync_bn = dist.sync_batchnorm(cfg.sync_batchnorm)  # refuses true on CPU ranks before any run starts
@@ -88,6 +98,8 @@ def pretrain_and_log(params: Params, cfg: PretrainConfig, out_dir: str | Path, *
             log_dataset_input(manifest, params.prepare, context="train")
         # A tracking server that goes away mid-training queues the epochs' metrics; training goes on.
         epoch_logger = EpochMetricLogger(run.info.run_id)
+        if run_id is not None:
+            _relog_unlogged_epochs(epoch_logger, prev["history"])
         result = train(cfg, images, seed=seed, out_dir=out_dir, callbacks=[epoch_logger],
                        progress=progress, meta={"run_id": run.info.run_id}, dist=dist, data_digest=digest)
         epoch_logger.flush()

@@ -44,13 +44,13 @@ def study_gap(tune_metrics: dict) -> str | None:
     return f"gap to the baseline {gap:+.4f}{ci}"
 
 
-def version_description(tags: dict[str, str], method: str, metrics: dict, metric: str,
-                        tune_metrics: dict) -> str:
-    """One paragraph: what this version was trained on and how, the study's verdict, its score."""
+def version_description(tags: dict[str, str], metrics: dict, metric: str, tune_metrics: dict) -> str:
+    """One paragraph from the version's tags: what it was trained on and how, the study's gap, its score."""
     data = f"{tags['dataset']} (dataset sha256 {tags['dataset_sha256'][:12]})"
+    update = "" if tags.get("update", "gradient") == "gradient" else f" ({tags['update']} update)"
     reg = ("no SparseHead (lambda 0)" if tags["lambda"] in ("0", "0.0")
-           else f"SparseHead {tags['form']}, lambda {tags['lambda']}")
-    parts = [f"Trained on {data}: {method}, {reg}, {tags['epochs']} epochs."]
+           else f"SparseHead {tags['form']}{update}, lambda {tags['lambda']}")
+    parts = [f"Trained on {data}: {tags.get('method', 'simclr')}, {reg}, {tags['epochs']} epochs."]
     if "tune.study" in tags:
         gap = study_gap(tune_metrics)
         parts.append(f"Chosen by study {tags['tune.study']} (trial {tags['tune.trial']})"
@@ -100,10 +100,9 @@ def register_model_dir(params: Params, model_dir: str | Path, metrics_path: str 
         info = log_encoder_model(encoder, metadata=metadata)
     tune_path = Path(params.tune.out_metrics)
     tune_metrics = read_json(tune_path) if best and tune_path.exists() else {}
-    method = str(best.get("method") or extra.get("method") or params.pretrain.ssl.method)
     result = register_encoder(
         info.model_uri, params.registry, version_metrics(metrics), tags,
-        description=version_description(tags, method, metrics, params.registry.metric,
+        description=version_description(tags, metrics, params.registry.metric,
                                         tune_metrics if isinstance(tune_metrics, dict) else {}),
         model_description=model_description(tags["dataset"], params.registry.metric, params.registry.alias))
     reg = params.registry

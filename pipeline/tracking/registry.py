@@ -206,7 +206,7 @@ class LoadedModel:
 
 
 @dataclass
-class _Resolved:
+class ResolvedModel:
     download_uri: str
     name: str | None = None
     version: str | None = None
@@ -215,14 +215,17 @@ class _Resolved:
     tags: dict[str, str] = field(default_factory=dict)
 
 
-def _resolve(uri: str, client: MlflowClient) -> _Resolved:
+def resolve_model_uri(uri: str, client: MlflowClient) -> ResolvedModel:
+    """What a model URI points at now: the one parser of ``models:/name@alias``, ``models:/name/<n>``,
+    ``models:/name/latest``, ``models:/<logged model id>`` and ``runs:/<id>/<path>`` (the registry and the
+    service both use it). ``version`` is None for URIs outside the registry."""
     if uri.startswith("runs:/"):
         run_id = uri[len("runs:/"):].split("/", 1)[0]
         if not run_id:
             raise ValueError(f"model uri {uri!r}: expected runs:/<run_id>/<path>")
-        return _Resolved(uri, run_id=run_id)
+        return ResolvedModel(uri, run_id=run_id)
     if not uri.startswith("models:/"):
-        return _Resolved(uri)  # a local directory or another artifact URI MLflow understands
+        return ResolvedModel(uri)  # a local directory or another artifact URI MLflow understands
     rest = uri[len("models:/"):]
     if "@" in rest:
         name, alias = rest.rsplit("@", 1)
@@ -241,9 +244,9 @@ def _resolve(uri: str, client: MlflowClient) -> _Resolved:
         alias = None
     else:  # models:/<logged model id> (MLflow 3)
         logged = client.get_logged_model(rest)
-        return _Resolved(uri, run_id=logged.source_run_id)
+        return ResolvedModel(uri, run_id=logged.source_run_id)
     # Download the pinned version, so an alias that moves meanwhile cannot mix two versions.
-    return _Resolved(f"models:/{name}/{mv.version}", name=name, version=str(mv.version), alias=alias,
+    return ResolvedModel(f"models:/{name}/{mv.version}", name=name, version=str(mv.version), alias=alias,
                      run_id=mv.run_id, tags=dict(mv.tags or {}))
 
 
@@ -252,7 +255,7 @@ def load_registered(uri: str) -> LoadedModel:
     logged-model URI / local directory), in eval mode on the CPU, with where it came from."""
     client = MlflowClient()
     try:
-        res = _resolve(uri, client)
+        res = resolve_model_uri(uri, client)
     except MlflowException as exc:
         raise ValueError(f"model uri {uri!r}: {exc.message}") from exc
     with tempfile.TemporaryDirectory(prefix="model-") as tmp:

@@ -99,6 +99,12 @@ def _heartbeat_s(study: optuna.Study) -> int | None:
     return get() if get is not None else None
 
 
+def _ask(study: optuna.Study) -> optuna.Trial:
+    with warnings.catch_warnings():  # Optuna expects study.optimize with a heartbeat: _Heartbeat stands in
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        return study.ask()
+
+
 def _fail_stale(study: optuna.Study) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -209,7 +215,7 @@ def run_tuning(params: Params, *, progress: bool = True,
                         _fail_stale(study)
                     counts = count_trials(study)
                     # A queued trial (the baseline, a dead worker's retried trial) is already in the budget.
-                    trial = study.ask() if counts.waiting or counts.used < t.n_trials else None
+                    trial = _ask(study) if counts.waiting or counts.used < t.n_trials else None
                 if trial is None:
                     # Budget taken. Trials still running elsewhere may belong to a worker that died: wait
                     # to redo them (their queued copies) where the heartbeat can tell; else we are done.

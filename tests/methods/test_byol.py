@@ -10,6 +10,7 @@ from pipeline.config import AugmentConfig
 from pipeline.engine.distributed import DistContext
 from pipeline.methods import BYOLLoss
 from pipeline.methods.momentum import cosine_momentum, ema_update_
+from pipeline.sparsehead import SparseHeadRegularizer
 from tests.methods.helpers import tiny_method
 
 
@@ -86,3 +87,11 @@ def test_views_predictor_and_penalised_modules():
     assert tiny_method("byol", predictor_hidden_dim=5)[1].predictor.linear_layers()[0].weight.shape == (5, 4)
     assert method.penalised_modules(False) == [] and method.penalised_modules(True) == [method.predictor]
     assert {id(p) for p in method.trainable_parameters()} == {id(p) for p in method.predictor.parameters()}
+
+
+def test_include_predictor_adds_the_predictors_l1_to_the_penalty():
+    encoder, method = tiny_method("byol")
+    head_only = SparseHeadRegularizer("l1", 1.0, extra=method.penalised_modules(False))(encoder.head, None)
+    both = SparseHeadRegularizer("l1", 1.0, extra=method.penalised_modules(True))(encoder.head, None)
+    predictor_l1 = sum(layer.weight.abs().sum() for layer in method.predictor.linear_layers())
+    assert (both - head_only).item() == pytest.approx(predictor_l1.item(), rel=1e-6)

@@ -53,3 +53,10 @@ def test_resume_is_bit_identical(method, digits, tmp_path):
     assert any(k.startswith("target.") for k in keys)
     assert {"queue.keys", "queue.ptr"} <= keys if method == "mocov2" else any(k.startswith("predictor.") for k in keys)
     assert [h["loss_total"] for h in full.history] == [h["loss_total"] for h in resumed.history]
+
+
+def test_a_diverged_run_stops_with_one_clear_line(digits):
+    # VICReg's covariance term is quartic in the embedding's scale: too large an SGD step blows it up.
+    cfg = tiny_cfg("vicreg", epochs=2, optim={"lr": 20.0, "warmup_epochs": 0})
+    with pytest.raises(ValueError, match="training diverged; lower pretrain.optim.lr"):
+        train(cfg, digits[:256], seed=0, progress=False)
