@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run cifar10 test lint serve bench remote push pull
+.PHONY: setup run cifar10 test lint serve bench remote push pull postgres
 
 # pip takes torch==2.14.1 / torchvision==0.29.1 from this machine's disk; the stamp re-runs the install
 # only when pyproject.toml changes.
@@ -39,7 +39,14 @@ cifar10: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc exp run $(CIFAR10)
 	@$(BIN)/python -m pipeline.summary
 
-test: $(STAMP)
+# The tests start throwaway PostgreSQL clusters of their own (initdb + pg_ctl): install the server only
+# when initdb is nowhere (PATH, or Debian's /usr/lib/postgresql/<v>/bin). Debian/Ubuntu; root or sudo.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+postgres:
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql; }
+
+test: $(STAMP) postgres
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

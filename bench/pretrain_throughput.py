@@ -270,7 +270,13 @@ def main() -> None:
         "batch": cfg.batch_size, "epochs_per_run": args.epochs, "repeats": args.repeats,
         "precision": cfg.precision, "reference_workers": args.workers,
     }
-    project = project_img_s(cfg, images, args.repeats)
+    chunk = args.chunk_images or max(cfg.batch_size, len(images) // 4)
+    streaming_cfg = with_(cfg, **{"data.streaming": "on", "data.chunk_images": chunk})
+    project, streamed = [], []
+    for _ in range(args.repeats):  # interleaved, so that a drifting machine load hits both alike
+        project += project_img_s(cfg, images, 1)
+        if args.streaming:
+            streamed += project_img_s(streaming_cfg, images, 1)
     reference = reference_img_s(cfg, images, device, args.workers, args.epochs, args.repeats)
     aug = augment_img_s(cfg, images, device, steps=max(2, steps_per_epoch))
     report["project_img_s"] = summarise(project)
@@ -281,9 +287,6 @@ def main() -> None:
     report["augment_share"] = round(statistics.median(project) / aug, 3)
 
     if args.streaming:
-        chunk = args.chunk_images or max(cfg.batch_size, len(images) // 4)
-        streamed = project_img_s(with_(cfg, **{"data.streaming": "on", "data.chunk_images": chunk}), images,
-                                 args.repeats)
         report["streaming"] = {"chunk_images": chunk, "img_s": summarise(streamed),
                                "vs_in_memory": round(statistics.median(streamed) / statistics.median(project), 3)}
 

@@ -112,6 +112,7 @@ def test_three_workers_on_postgres_one_killed_mid_trial(prepared_dir, postgres, 
     # Trials long enough to be caught running (20 epochs, a kNN report at the end only).
     _write(workdir, server_params("server-killed", n_trials=n, epochs=20, eval_every=20))
     url = postgres.create_database("killed_study")
+    open_storage(url)  # the schema, before anyone polls it (the workers create theirs under their lock)
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.url, "OPTUNA_STORAGE": url,
            "PYTHONPATH": str(REPO)}
     procs = [_worker(workdir, env) for _ in range(3)]
@@ -168,6 +169,7 @@ def test_three_workers_on_postgres_one_killed_mid_trial(prepared_dir, postgres, 
 def test_postgres_restarted_mid_study_loses_nothing(prepared_dir, postgres, caplog, monkeypatch):
     workdir, n = prepared_dir, 4
     url = postgres.create_database("restart_study")
+    open_storage(url)  # the schema, before the fault thread polls it
     monkeypatch.setenv("OPTUNA_STORAGE", url)
     params = server_params("restart", n_trials=n, epochs=20, eval_every=5, grace_s=30)
     params["tracking"]["tracking_uri"] = f"sqlite:///{workdir / 'mlflow.db'}"  # the fault is the database's
@@ -180,7 +182,7 @@ def test_postgres_restarted_mid_study_loses_nothing(prepared_dir, postgres, capl
             time.sleep(0.1)
             try:
                 study = study or _study(url, workdir)
-            except KeyError:
+            except KeyError:  # no study yet
                 continue
             done = {t.number: t.value for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE}
             if done:

@@ -116,3 +116,36 @@ def test_lars_scales_the_step_by_the_trust_ratio():
     opt.step()
     assert torch.allclose(w.detach(), torch.tensor([[3.0, 4.0 - 0.5]]))
     assert torch.allclose(b.detach(), torch.tensor([-1.0]))  # plain SGD for the excluded group
+
+
+def test_resume_with_another_thread_count_warns(digits, tmp_path, caplog):
+    torch.set_num_threads(1)
+    cfg = tiny_cfg(epochs=2)
+    train(cfg, digits, seed=0, out_dir=tmp_path, progress=False, epochs=2)
+    assert read_checkpoint_meta(tmp_path / CHECKPOINT)["num_threads"] == 1
+    torch.set_num_threads(2)
+    try:
+        with caplog.at_level("WARNING", logger="pipeline.engine.trainer"):
+            resumed = train(cfg, digits, seed=0, out_dir=tmp_path, progress=False, epochs=2)
+    finally:
+        torch.set_num_threads(1)
+    assert resumed.resumed_from == 2
+    assert any("written with 1 CPU threads, this run has 2" in r.getMessage() for r in caplog.records)
+
+
+def test_train_epochs_in_lockstep_equals_train_alone(digits):
+    # The tuning objective advances several seeds one epoch at a time: each must be what it is alone.
+    from pipeline.engine.trainer import train_epochs
+
+    torch.set_num_threads(1)
+    cfg = tiny_cfg(epochs=2)
+    alone = {s: train(cfg, digits, seed=s, progress=False).encoder.state_dict() for s in (0, 1)}
+    runs = {s: train_epochs(cfg, digits, seed=s, progress=False) for s in (0, 1)}
+    for _ in range(2):
+        for run in runs.values():
+            next(run)
+    for s, run in runs.items():
+        with pytest.raises(StopIteration) as stop:
+            next(run)
+        together = stop.value.value.encoder.state_dict()
+        assert all(torch.equal(together[k], alone[s][k]) for k in together)

@@ -61,8 +61,12 @@ def workdir(prepared_dir: Path) -> Path:
     return prepared_dir
 
 
+def _sha() -> str:
+    return json.loads(Path("data/prepared/manifest.json").read_text())["dataset_sha256"]
+
+
 def _load_study(params: Params) -> optuna.Study:
-    sha = json.loads(Path("data/prepared/manifest.json").read_text())["dataset_sha256"]
+    sha = _sha()
     return optuna.load_study(study_name=study_name(params, sha), storage=open_storage(params.tune.storage))
 
 
@@ -106,6 +110,8 @@ def test_study_leaves_trials_nested_runs_baseline_and_report(workdir):
         assert float(run.data.params["lambda"]) == t.user_attrs[LAMBDA_ATTR]
         assert run.data.metrics["objective_value"] == pytest.approx(t.value)
         assert run.data.metrics["objective_sd"] == pytest.approx(t.user_attrs[VALUE_SD_ATTR])
+        inputs = client.get_run(run.info.run_id).inputs.dataset_inputs  # the data set it trained on
+        assert [i.dataset.digest for i in inputs] == [_sha()[:36]]
         for seed, value in t.user_attrs[SEED_VALUES_ATTR].items():
             assert run.data.metrics[f"objective_value.seed{seed}"] == pytest.approx(value)
             history = client.get_metric_history(run.info.run_id, f"seed{seed}.loss_total")

@@ -73,8 +73,8 @@ def parent_run(params: Params, run_id: str) -> Iterator[mlflow.ActiveRun]:
 
 
 @contextmanager
-def trial_run(study_name: str, trial: optuna.Trial, tags: dict[str, str] | None = None
-              ) -> Iterator[mlflow.ActiveRun]:
+def trial_run(study_name: str, trial: optuna.Trial, tags: dict[str, str] | None = None,
+              system_metrics: bool = False) -> Iterator[mlflow.ActiveRun]:
     """A nested run for one trial, ended with the status that matches how the trial ended."""
     parent = mlflow.active_run()
     if parent is None:
@@ -83,7 +83,7 @@ def trial_run(study_name: str, trial: optuna.Trial, tags: dict[str, str] | None 
     run = mlflow.start_run(run_name=f"trial {trial.number:03d}", nested=True,
                            experiment_id=parent.info.experiment_id,
                            tags={STUDY_TAG: study_name, TRIAL_TAG: str(trial.number), STATE_TAG: "RUNNING",
-                                 **(tags or {})})
+                                 **(tags or {})}, log_system_metrics=system_metrics or None)
     trial.set_user_attr(RUN_ATTR, run.info.run_id)
     try:
         yield run

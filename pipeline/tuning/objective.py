@@ -31,6 +31,7 @@ from pipeline.data.splits import train_val_split
 from pipeline.device import resolve_device
 from pipeline.engine.trainer import EpochDone, TrainResult, train_epochs
 from pipeline.evaluation import knn_score, validation_report
+from pipeline.tracking.datasets import log_dataset_input
 from pipeline.tracking.trials import trial_run
 from pipeline.tuning.space import SearchSpace, TrialChoice, suggest, trial_pretrain_config
 from pipeline.tuning.study import WORKER_ATTR, worker_id
@@ -77,8 +78,10 @@ class Objective:
         trial.set_user_attr(WORKER_ATTR, worker_id())
         choice = suggest(trial, self.space)
         with trial_run(self.study_name, trial, tags={"baseline": str(choice.baseline).lower(),
-                                                     "method": choice.method}):
+                                                     "method": choice.method},
+                       system_metrics=self.params.tracking.system_metrics):
             mlflow.log_params(_run_params(trial, choice, self.params))
+            log_dataset_input(self.data.manifest, self.params.prepare, context="train")
             return self._run(trial, choice)
 
     def _run(self, trial: optuna.Trial, choice: TrialChoice) -> float:

@@ -194,9 +194,10 @@ def run_tuning(params: Params, *, progress: bool = True,
         storage = open_storage(url, t, on_stale=_retry_callback(t.max_retries))
         study = open_study(name, storage, t, pruner)
         heartbeat = _heartbeat_s(study)
-        _fail_orphans(study)
-        if heartbeat is not None:
-            _fail_stale(study)
+        if heartbeat is None:
+            _fail_orphans(study)  # no heartbeat: a dead worker of this host is seen by its process id
+        else:
+            _fail_stale(study)  # any host's; queued again with the same params
         if t.enqueue_baseline:
             enqueue_baselines(study, space)
         parent_id = ensure_parent_run(study, params, redact(url), sha)
