@@ -18,13 +18,14 @@ from fastapi.openapi.utils import get_openapi
 
 from pipeline.device import resolve_device
 from pipeline.tracking.registry import load_registered
+from pipeline.tracking.runs import bound_http_retries
 from service.admin import log_admin_state
 from service.batching import MicroBatcher
 from service.budget import DecodeBudget
 from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.middleware import MetricsMiddleware
-from service.model_store import Loader, ModelStore, bound_registry_http
+from service.model_store import Loader, ModelStore
 from service.routes import router
 from service.schemas import EmbeddingRequest
 from service.settings import Settings, load_settings
@@ -37,7 +38,7 @@ def create_app(settings: Settings | None = None, loader: Loader = load_registere
     """``loader(uri) -> LoadedModel`` fetches the model (tests pass one that blocks or wraps it)."""
     settings = settings or load_settings()
     resolve_device(settings.device)  # a bad device fails here, not in the background load
-    bound_registry_http(settings.registry_timeout_s, settings.registry_retries)
+    bound_http_retries(settings.registry_retries, settings.registry_timeout_s)
     log_admin_state(settings)
     metrics = Metrics()
 

@@ -8,7 +8,7 @@ A reload is bounded: its blocking work (registry look-up, download, warm-up) run
 thread, one at a time; a second reload while one runs is refused at once (:class:`ReloadInProgress`,
 HTTP 409) instead of waiting on a lock; a caller waits at most its deadline (:class:`ReloadTimeout`,
 HTTP 503), after which the load goes on in the background and is swapped in if it succeeds. MLflow's
-own HTTP timeout and retries are set short for this process (:func:`bound_registry_http`), so a lost
+own HTTP timeout and retries are set short for this process (:func:`pipeline.tracking.runs.bound_http_retries`), so a lost
 tracking server fails a load in seconds rather than minutes of retries.
 """
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -112,14 +111,6 @@ class ReloadTimeout(RuntimeError):
 
 class ShuttingDown(RuntimeError):
     """The service is stopping; no reload starts (HTTP 503)."""
-
-
-def bound_registry_http(timeout_s: int, retries: int, env: dict[str, str] | os._Environ = os.environ) -> None:
-    """Short MLflow HTTP timeouts and retries for this process (MLflow reads them at each request), unless
-    the operator set them: by default MLflow retries 7 times with exponential back-off, minutes in all."""
-    env.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout_s))
-    env.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(retries))
-    env.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 
 
 @dataclass

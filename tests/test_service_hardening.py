@@ -44,10 +44,10 @@ from PIL import Image
 import service.routes
 from pipeline.data.preprocess import InputSpec
 from pipeline.tracking.registry import LoadedModel, load_registered
+from pipeline.tracking.runs import bound_http_retries
 from service.admin import is_loopback
 from service.app import create_app
 from service.imaging import ImageLimits, probe_file
-from service.model_store import bound_registry_http
 from service.protocol import protocol_options
 from tests.test_service import (  # noqa: F401 - store is a fixture
     GOOD,
@@ -388,7 +388,7 @@ def test_a_reload_against_a_lost_registry_is_bounded_and_a_second_one_answers_40
 
 def test_the_service_bounds_mlflow_http_retries_unless_the_operator_set_them():
     env: dict[str, str] = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3"}
-    bound_registry_http(5, 1, env)
+    bound_http_retries(1, 5, env)
     assert env == {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
                    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 

@@ -234,7 +234,7 @@ def train_epochs(cfg: PretrainConfig, images: np.ndarray, *, seed: int = 0, out_
             **head_stats(encoder.head),
         }
         if not math.isfinite(metrics["loss_total"]):  # a diverged run must not reach evaluation or the registry
-            raise ValueError(f"pretrain: the loss is {metrics['loss_total']} at epoch {epoch + 1}: training diverged; "
+            raise ValueError(f"the loss is {metrics['loss_total']} at epoch {epoch + 1}: training diverged; "
                              f"lower pretrain.optim.lr (with SGD, vicreg and barlow_twins need about 0.05)")
         history.append(metrics)
         if ckpt_path is not None and dist.is_main:

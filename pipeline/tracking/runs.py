@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -47,7 +47,7 @@ def setup(cfg: TrackingConfig, experiment: str | None = None) -> str:
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     name = experiment or cfg.experiment
-    bound_http_retries(cfg)
+    bound_http_retries(cfg.http_retries, cfg.http_timeout_s)
     client = MlflowClient()
     exp = client.get_experiment_by_name(name)
     if exp is None:
@@ -62,14 +62,15 @@ def setup(cfg: TrackingConfig, experiment: str | None = None) -> str:
     return exp.experiment_id
 
 
-def bound_http_retries(cfg: TrackingConfig) -> None:
-    """Bound MLflow's HTTP retries (its defaults retry a dead server for minutes): a call to a tracking
-    server that is down fails after ``tracking.http_retries`` retries (1, 2, 4, ... s apart) or
-    ``tracking.http_timeout_s``; the epoch logger keeps what failed and sends it later. MLflow's own
-    environment variables, when set, win."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(cfg.http_retries))
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(cfg.http_timeout_s))
+def bound_http_retries(retries: int, timeout_s: float, env: MutableMapping[str, str] = os.environ) -> None:
+    """Bound MLflow's HTTP retries for this process (its defaults retry a dead server 7 times with
+    exponential back-off, minutes in all): a call to a server that is down fails after ``retries``
+    retries (1, 2, 4, ... s apart) or ``timeout_s``. MLflow reads these at each request; the operator's
+    own environment variables, when set, win. The stages pass ``tracking.http_retries`` and
+    ``http_timeout_s`` (their epoch logger keeps what failed and sends it later); the service its own."""
+    env.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(retries))
+    env.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    env.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout_s))
 
 
 def dvc_outputs(root: str | Path = ".") -> list[str]:

@@ -15,6 +15,7 @@ import optuna
 from optuna.trial import TrialState
 
 from pipeline.config import TuneConfig
+from pipeline.tracking.runs import pid_alive
 
 # Trials in these states use up the budget; a failed one is retried by the next worker that runs.
 BUDGET_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
@@ -93,16 +94,6 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
 def orphaned_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """Running trials whose worker process on this host is gone (killed, out of memory, power cut).
 
@@ -114,6 +105,6 @@ def orphaned_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         who = str(t.user_attrs.get(WORKER_ATTR, ""))
         w_host, _, pid = who.rpartition(":")
-        if w_host == host and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if w_host == host and pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             out.append(t)
     return out
