@@ -135,7 +135,7 @@ class ModelStep:
         self.method = build_method(cfg.ssl, self.encoder).to(device)
         self.dist = DistContext.from_env()
         self.online = self.dist.wrap(self.encoder)  # what the loop hands a method: x -> (h, z)
-        self.opt = build_optimizer(self.encoder, cfg.optim, cfg.batch_size,
+        self.opt = build_optimizer(self.encoder, cfg.optim, cfg.batch_size, default_lr=self.method.default_lr,
                                    extra=list(self.method.trainable_parameters()))
         sh = cfg.sparsehead
         self.reg = SparseHeadRegularizer(sh.form, sh.lam, sh.update, self.method.penalised_modules(sh.include_predictor))

@@ -126,7 +126,8 @@ class AugmentConfig(_Section):
 
 class OptimConfig(_Section):
     name: Literal["sgd", "lars"] = "sgd"
-    lr: float = Field(0.3, gt=0.0)  # base rate for a batch of 256, scaled linearly with the batch size
+    # base rate for a batch of 256, scaled linearly with the batch size; None: the SSL method's default
+    lr: float | None = Field(None, gt=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     weight_decay: float = Field(5e-4, ge=0.0)
     warmup_epochs: int = Field(2, ge=0)
@@ -208,7 +209,7 @@ class TuneConfig(_Section):
     lambda_high: float = Field(1e-1, gt=0.0)
     forms: list[Literal["l1", "group", "activation"]] = Field(default_factory=lambda: ["l1"])
     updates: list[Literal["gradient", "proximal"]] = Field(default_factory=lambda: ["gradient"])
-    methods: list[str] | None = None  # None: pretrain.ssl.method only; more than one: searched, each its baseline
+    methods: list[SSLMethod] | None = None  # None: pretrain.ssl.method only; more than one: searched, each its baseline
     # Every trial (the baseline too) trains once per seed: each seed gives a paired difference
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     select: Literal["mean", "significant"] = "mean"  # significant: keep the baseline unless the gap's CI > 0

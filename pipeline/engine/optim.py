@@ -57,13 +57,14 @@ def _param_groups(params: list[nn.Parameter], weight_decay: float, lars: bool) -
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, batch_size: int,
-                    extra: list[nn.Parameter] | None = None) -> torch.optim.Optimizer:
+                    extra: list[nn.Parameter] | None = None, default_lr: float = 0.3) -> torch.optim.Optimizer:
     """SGD or LARS over ``model``'s parameters and ``extra`` ones (a method's predictor, say).
 
+    ``cfg.lr`` (or ``default_lr``, the SSL method's, when it is None) is the rate for a batch of 256.
     The first group holds the weight matrices (the projection head's among them): the loop reads its
     current rate for the proximal SparseHead step.
     """
-    lr = cfg.lr * batch_size / 256  # the linear scaling rule
+    lr = (cfg.lr if cfg.lr is not None else default_lr) * batch_size / 256  # the linear scaling rule
     params = [*model.parameters(), *(extra or [])]
     if cfg.name == "lars":
         return LARS(_param_groups(params, cfg.weight_decay, True), lr=lr, momentum=cfg.momentum,

@@ -167,7 +167,7 @@ def train_epochs(cfg: PretrainConfig, images: np.ndarray, *, seed: int = 0, out_
     method_params = list(method.trainable_parameters())
     if cfg.compile:
         online = torch.compile(online)  # the state stays in `encoder`: checkpoints keep their keys
-    optimizer = build_optimizer(encoder, cfg.optim, batch_size * dist.world_size,
+    optimizer = build_optimizer(encoder, cfg.optim, batch_size * dist.world_size, default_lr=method.default_lr,
                                 extra=method_params)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(total_steps, cfg.optim.warmup_epochs * steps_per_epoch))
@@ -235,7 +235,7 @@ def train_epochs(cfg: PretrainConfig, images: np.ndarray, *, seed: int = 0, out_
         }
         if not math.isfinite(metrics["loss_total"]):  # a diverged run must not reach evaluation or the registry
             raise ValueError(f"the loss is {metrics['loss_total']} at epoch {epoch + 1}: training diverged; "
-                             f"lower pretrain.optim.lr (with SGD, vicreg and barlow_twins need about 0.05)")
+                             f"lower pretrain.optim.lr (vicreg with SGD on digits: 0.05)")
         history.append(metrics)
         if ckpt_path is not None and dist.is_main:
             save_checkpoint(ckpt_path, {

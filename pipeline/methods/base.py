@@ -53,6 +53,9 @@ class Method(nn.Module):
     """One SSL method. Subclasses set ``name`` and implement :meth:`forward`."""
 
     name: ClassVar[str]
+    # The base rate (per 256 images, SGD) when pretrain.optim.lr is null: what trains stably on the digits
+    # default; a method whose loss is steeper overrides it.
+    default_lr: ClassVar[float] = 0.3
     # The paper draws its two views differently (:func:`asymmetric_views`); pretrain.ssl.asymmetric_views
     # may turn that off.
     asymmetric: ClassVar[bool] = False

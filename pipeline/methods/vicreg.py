@@ -64,6 +64,7 @@ class VICRegLoss(nn.Module):
 class VICReg(Method):
     name = "vicreg"
     asymmetric = True
+    default_lr = 0.05  # its 25/25/1 weighted loss diverges within two digits epochs at SGD 0.3
 
     def __init__(self, cfg: SSLConfig, encoder: Encoder) -> None:
         super().__init__(cfg, encoder)
