@@ -19,7 +19,7 @@ setup: $(STAMP)
 
 # DVC runs each stage's `python -m stages.X` through the shell: the venv must come first on PATH.
 run: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 	@$(BIN)/python -m pipeline.summary
 
 # The CIFAR-10 GPU recipe as one DVC experiment (downloads the archive once into data/raw/): ResNet-18
@@ -36,7 +36,7 @@ CIFAR10 := -S prepare.source=cifar10 -S prepare.download=true \
 	-S tracking.system_metrics=true
 
 cifar10: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc exp run $(CIFAR10)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc exp run $(CIFAR10)
 	@$(BIN)/python -m pipeline.summary
 
 # The tests start throwaway PostgreSQL clusters of their own (initdb + pg_ctl): install the server only
