@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -32,3 +33,23 @@ def prepared_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     save_dataset(Dataset(four_class_split(96, 0), four_class_split(32, 1), ["a", "b", "c", "d"], "synthetic"),
                  "data/prepared")
     return tmp_path
+
+
+class Crash(RuntimeError):
+    """Raised by :func:`crash_after` to stop a training run the way a kill would, after a checkpoint."""
+
+
+def crash_after(epoch: int):
+    """An epoch callback that raises :class:`Crash` once ``epoch`` is done (its checkpoint is on disk)."""
+
+    def callback(done: int, metrics: dict, encoder: object) -> None:
+        if done == epoch:
+            raise Crash
+
+    return callback
+
+
+def subprocess_env() -> dict[str, str]:
+    """This process's environment for a child stage, minus what points at stores: MLflow exports the
+    tracking and registry URIs an earlier test set (MLFLOW_*), which would send a child elsewhere."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_") and k != "OPTUNA_STORAGE"}

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import yaml
 
+from tests.conftest import subprocess_env
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 PULLED = ["data/prepared/manifest.json", "data/prepared/train.npz", "data/prepared/test.npz",
@@ -23,7 +25,7 @@ PULLED = ["data/prepared/manifest.json", "data/prepared/train.npz", "data/prepar
 
 
 def _run(cwd: Path, *cmd: str) -> str:
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "OPTUNA_STORAGE")}
+    env = subprocess_env()
     # DVC runs each stage's `python -m stages.X` through the shell: the venv first on PATH, as `make run`.
     env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", OMP_NUM_THREADS="1",
                GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")

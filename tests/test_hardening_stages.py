@@ -30,6 +30,7 @@ from pipeline.models.encoder import ENCODER_FILE, load_encoder, save_encoder
 from pipeline.stages.evaluate import run as evaluate_body
 from pipeline.stages.prepare import run as prepare_body
 from pipeline.stages.pretrain import run as pretrain_body
+from tests.conftest import subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
 PY = REPO / ".venv" / "bin" / "python"
@@ -150,7 +151,7 @@ def test_corrupt_checkpoints_are_set_aside_and_training_starts_afresh(work, caps
 # --- the tracking store ------------------------------------------------------------------------------
 
 def _stage(root: Path, stage: str, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "OPTUNA_STORAGE")}
+    env = subprocess_env()
     env["PYTHONPATH"] = str(REPO)
     return subprocess.run([str(PY), "-m", f"stages.{stage}", *args], cwd=root, env=env, capture_output=True,
                           text=True, timeout=300)

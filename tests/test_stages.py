@@ -25,6 +25,7 @@ from pipeline.stages.final import read_best_params
 from pipeline.stages.final import run as final_body
 from pipeline.stages.register import run as register_body
 from pipeline.tracking.registry import OUTCOME_TAG, load_registered
+from tests.conftest import subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "test-encoder"
@@ -158,7 +159,7 @@ def test_a_fresh_clone_runs_every_stage_and_produces_the_study(tmp_path):
     tiny["evaluate"]["random_baseline"] = True
     params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), tiny)
     (first / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "OPTUNA_STORAGE")}
+    env = subprocess_env()
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["DVC_NO_ANALYTICS"] = "1"
     env["PYTHONPATH"] = str(first)
@@ -183,7 +184,8 @@ def test_a_fresh_clone_runs_every_stage_and_produces_the_study(tmp_path):
     best = json.loads((work / "best_params.json").read_text())
     study = optuna.load_study(study_name=best["study"], storage=f"sqlite:///{work / 'optuna.db'}")
     assert len(study.get_trials()) == 2
-    client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
+    store = f"sqlite:///{work / 'mlflow.db'}"  # the registry too: other tests set a process-wide one
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
     parent = client.get_run(best["mlflow_parent_run_id"])
     assert parent.data.tags["stage"] == "tune"
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")

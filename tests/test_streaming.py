@@ -15,6 +15,7 @@ from pipeline.data.splits import train_val_split
 from pipeline.engine.checkpoint import CHECKPOINT, read_checkpoint_meta
 from pipeline.engine.feeding import InMemoryFeeder, StreamingFeeder, chunk_plan, make_feeder, wants_streaming
 from pipeline.engine.trainer import train
+from tests.conftest import Crash, crash_after
 
 CPU = torch.device("cpu")
 
@@ -162,15 +163,8 @@ def test_streaming_resume_is_bit_identical(digits, tmp_path):
     cfg = tiny_cfg({"streaming": "on", "chunk_images": 100}, epochs=3)
     full = train(cfg, digits, seed=3, out_dir=tmp_path / "full", progress=False)
 
-    class Crash(RuntimeError):
-        pass
-
-    def crash_after_two(epoch, metrics, encoder):
-        if epoch == 2:
-            raise Crash
-
     with pytest.raises(Crash):
-        train(cfg, digits, seed=3, out_dir=tmp_path / "resumed", progress=False, callbacks=[crash_after_two])
+        train(cfg, digits, seed=3, out_dir=tmp_path / "resumed", progress=False, callbacks=[crash_after(2)])
     assert read_checkpoint_meta(tmp_path / "resumed" / CHECKPOINT)["epoch"] == 2
     resumed = train(cfg, digits, seed=3, out_dir=tmp_path / "resumed", progress=False)
     assert resumed.resumed_from == 2

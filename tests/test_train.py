@@ -9,6 +9,7 @@ from pipeline.config import PretrainConfig
 from pipeline.engine.checkpoint import CHECKPOINT, read_checkpoint_meta
 from pipeline.engine.optim import LARS, warmup_cosine
 from pipeline.engine.trainer import train
+from tests.conftest import Crash, crash_after
 
 
 @pytest.fixture(scope="module")
@@ -46,15 +47,8 @@ def test_resume_equals_uninterrupted(digits, tmp_path):
     cfg = tiny_cfg(epochs=3)
     full = train(cfg, digits, seed=3, out_dir=tmp_path / "full", progress=False)
 
-    class Crash(RuntimeError):
-        pass
-
-    def crash_after_two(epoch, metrics, encoder):
-        if epoch == 2:
-            raise Crash
-
     with pytest.raises(Crash):
-        train(cfg, digits, seed=3, out_dir=tmp_path / "resumed", progress=False, callbacks=[crash_after_two],
+        train(cfg, digits, seed=3, out_dir=tmp_path / "resumed", progress=False, callbacks=[crash_after(2)],
               meta={"run_id": "abc"})
     meta = read_checkpoint_meta(tmp_path / "resumed" / CHECKPOINT)
     assert meta["epoch"] == 2 and meta["meta"] == {"run_id": "abc"}

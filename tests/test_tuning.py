@@ -4,7 +4,6 @@ several worker processes on one journal, failures, and the report files."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import statistics
 import subprocess
@@ -27,6 +26,7 @@ from pipeline.tuning.space import BASELINE_ATTR, LAMBDA_ATTR, METHOD_ATTR, study
 from pipeline.tuning.storage import open_storage
 from pipeline.tuning.study import WORKER_ATTR
 from pipeline.tuning.worker import run_tuning
+from tests.conftest import subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
 N_TRIALS = 3
@@ -245,7 +245,7 @@ def test_stage_writes_outputs_and_rejects_a_bad_range(workdir, capsys):
 def test_two_processes_share_one_journal_study(workdir):
     n = 4
     params = write_params(workdir, n_trials=n, storage=f"journal:{workdir / 'optuna.journal'}")
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "OPTUNA_STORAGE")}
+    env = subprocess_env()
     env["PYTHONPATH"] = str(REPO)
     procs = [subprocess.Popen([sys.executable, "-m", "stages.tune", "--params", "params.yaml"], cwd=workdir,
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -255,14 +255,19 @@ def test_two_processes_share_one_journal_study(workdir):
         assert p.returncode == 0, err[-2000:]
 
     study = _load_study(params)
-    trials = study.get_trials()
-    assert [t.number for t in trials] == list(range(n))  # exactly the budget: no trial lost, none extra
+    every = study.get_trials()
+    # A trial that failed (say, a tracking store locked past its timeout on a loaded machine) does not use
+    # the budget and is redone: the budget is exact over the others, and the failure is recorded.
+    failed = [t for t in every if t.state == TrialState.FAIL]
+    trials = [t for t in every if t.state != TrialState.FAIL]
+    assert len(trials) == n, [(t.number, t.state.name) for t in every]  # no trial lost, none extra
     assert all(t.state == TrialState.COMPLETE for t in trials)
     assert sum(bool(t.user_attrs.get(BASELINE_ATTR)) for t in trials) == 1
     assert len({t.user_attrs[WORKER_ATTR] for t in trials}) in (1, 2)
-    children = _child_runs(params, study.user_attrs[PARENT_ATTR])
-    assert sorted(r.info.run_id for r in children) == sorted(t.user_attrs[RUN_ATTR] for t in trials)
-    assert all(r.info.status == "FINISHED" for r in children)
+    children = {r.info.run_id: r for r in _child_runs(params, study.user_attrs[PARENT_ATTR])}
+    assert {t.user_attrs[RUN_ATTR] for t in trials} <= set(children)
+    assert all(children[t.user_attrs[RUN_ATTR]].info.status == "FINISHED" for t in trials)
+    assert all(children[t.user_attrs[RUN_ATTR]].info.status == "FAILED" for t in failed if RUN_ATTR in t.user_attrs)
 
 
 @pytest.mark.parametrize("pruner", ["median", "hyperband"])

@@ -163,7 +163,9 @@ def _retrying(name: str) -> Callable[..., Any]:
 _NO_RETRY = {"get_heartbeat_interval", "get_heartbeat_stale_trial_callback", "get_failed_trial_callback",
              "remove_session", "upgrade", "get_current_version", "get_head_version", "get_all_versions"}
 for _name, _value in list(vars(RDBStorage).items()):
-    if callable(_value) and (not _name.startswith("_") or _name == "_get_stale_trial_ids") and _name not in _NO_RETRY:
+    # _get_trials: what the trial cache behind study.get_trials calls, the one private read outside callers.
+    if callable(_value) and (not _name.startswith("_") or _name in ("_get_stale_trial_ids", "_get_trials")) \
+            and _name not in _NO_RETRY:
         setattr(ResilientRDBStorage, _name, _retrying(_name))
 
 

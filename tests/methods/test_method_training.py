@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from pipeline.engine.trainer import train
+from tests.conftest import Crash, crash_after
 from tests.methods.helpers import tiny_cfg
 
 NEW_METHODS = ["byol", "simsiam", "barlow_twins", "vicreg", "mocov2"]
@@ -33,15 +34,8 @@ def test_resume_is_bit_identical(method, digits, tmp_path):
     digits = digits[:256]  # three runs: keep them short
     full = train(cfg, digits, seed=3, out_dir=tmp_path / "full", progress=False)
 
-    class Crash(RuntimeError):
-        pass
-
-    def crash_after_two(epoch, metrics, encoder):
-        if epoch == 2:
-            raise Crash
-
     with pytest.raises(Crash):
-        train(cfg, digits, seed=3, out_dir=tmp_path / "resumed", progress=False, callbacks=[crash_after_two])
+        train(cfg, digits, seed=3, out_dir=tmp_path / "resumed", progress=False, callbacks=[crash_after(2)])
     resumed = train(cfg, digits, seed=3, out_dir=tmp_path / "resumed", progress=False)
     assert resumed.resumed_from == 2
     for a, b in ((full.encoder.state_dict(), resumed.encoder.state_dict()),
