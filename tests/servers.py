@@ -30,9 +30,20 @@ FALLBACK_USER = "sparsehead-pg"
 
 
 def free_port() -> int:
+    """A loopback port free right now, for a server or a gloo rendezvous a test starts."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def as_gloo_rank(rank: int, world: int, port: int) -> None:
+    """In a process spawned by a test: the environment torchrun would give rank ``rank`` of ``world`` on
+    one host (rendezvous on loopback ``port``), and one torch thread so that the ranks share 2 cores."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def pg_bin(name: str) -> str:

@@ -1,6 +1,5 @@
 """torchrun-style DDP on the CPU (gloo): two ranks share each global batch and end with identical weights."""
 
-import socket
 
 import numpy as np
 import torch
@@ -9,20 +8,11 @@ import torch.multiprocessing as mp
 from pipeline.config import PretrainConfig
 from pipeline.engine.distributed import DistContext, gather_with_grad
 from pipeline.engine.trainer import CHECKPOINT, train
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.servers import as_gloo_rank, free_port
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
-    import os
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+    as_gloo_rank(rank, world, port)
     cfg = PretrainConfig.model_validate({"backbone": {"name": "small", "width": 4},
                                          "head": {"hidden_dims": [16], "out_dim": 8},
                                          "epochs": 1, "batch_size": 16, "device": "cpu"})
@@ -34,7 +24,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
 
 def test_two_rank_ddp_keeps_replicas_identical(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     a = torch.load(tmp_path / "rank0.pt")
     b = torch.load(tmp_path / "rank1.pt")
     for k in a:

@@ -9,7 +9,6 @@ import base64
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -37,6 +36,7 @@ from pipeline.models import Encoder, EncoderSpec
 from pipeline.tracking.registry import LoadedModel, load_registered, log_encoder_model, register_encoder
 from service.app import create_app
 from service.settings import Settings, load_settings
+from tests.servers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "sparsehead-encoder"
@@ -589,12 +589,6 @@ def test_a_configured_poll_follows_the_alias(store):
 
 
 # ------------------------------------------------------------------------------ a real uvicorn process
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture()
 def server(store, tmp_path) -> Iterator[str]:

@@ -49,6 +49,7 @@ from service.admin import is_loopback
 from service.app import create_app
 from service.imaging import ImageLimits, probe_file
 from service.protocol import protocol_options
+from tests.servers import free_port
 from tests.test_service import (  # noqa: F401 - store is a fixture
     GOOD,
     REPO,
@@ -58,7 +59,6 @@ from tests.test_service import (  # noqa: F401 - store is a fixture
     Store,
     assert_serves,
     b64,
-    free_port,
     make_settings,
     metric,
     png,

@@ -15,6 +15,7 @@ method's own modules stay in the checkpoint.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import ClassVar
@@ -49,7 +50,7 @@ def asymmetric_views(augment: AugmentConfig) -> tuple[AugmentConfig, AugmentConf
             augment.model_copy(update={"blur_prob": 0.1, "solarize_prob": 0.2}))
 
 
-class Method(nn.Module):
+class Method(nn.Module, ABC):
     """One SSL method. Subclasses set ``name`` and implement :meth:`forward`."""
 
     name: ClassVar[str]
@@ -78,8 +79,9 @@ class Method(nn.Module):
         """Modules besides the projection head whose Linear layers SparseHead penalises when asked."""
         return []
 
+    @abstractmethod
     def forward(self, online: OnlineForward, v1: Tensor, v2: Tensor, dist: DistContext) -> StepOutput:
-        raise NotImplementedError
+        """The method's loss on one batch of two views, and the online projections of both."""
 
     @torch.no_grad()
     def after_step(self, encoder: Encoder, step: int, total_steps: int) -> None:

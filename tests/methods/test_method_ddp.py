@@ -1,8 +1,6 @@
 """Two gloo ranks: BYOL's target and predictor and MoCo v2's queue end identical on both, the queue holding
 the keys of both ranks."""
 
-import os
-import socket
 
 import numpy as np
 import torch
@@ -11,20 +9,13 @@ import torch.multiprocessing as mp
 from pipeline.engine.distributed import DistContext
 from pipeline.engine.trainer import train
 from tests.methods.helpers import tiny_cfg
+from tests.servers import as_gloo_rank, free_port
 
 QUEUE = 100  # 2 steps x 64 keys (2 views x 16 images x 2 ranks) = 128: the pointer wraps to 28
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+    as_gloo_rank(rank, world, port)
     images = np.random.default_rng(0).integers(0, 256, size=(64, 8, 8, 1), dtype=np.uint8)
     ctx = DistContext.from_env()
     for method in ("byol", "mocov2"):
@@ -36,7 +27,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
 
 def test_two_ranks_share_the_target_predictor_and_queue(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     for method in ("byol", "mocov2"):
         a, b = (torch.load(tmp_path / f"{method}{r}.pt") for r in (0, 1))
         compared = 0
