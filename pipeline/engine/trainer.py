@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from pipeline.config import MIN_INPUT_SIDE, PretrainConfig
 from pipeline.data.preprocess import InputSpec, channel_stats, to_model_input
 from pipeline.device import autocast_dtype, resolve_device
-from pipeline.engine.augment import SimCLRAugment
+from pipeline.engine.augment import ViewAugmentation
 from pipeline.engine.checkpoint import CHECKPOINT, fingerprint, load_checkpoint, save_checkpoint
 from pipeline.engine.distributed import DistContext
 from pipeline.engine.feeding import make_feeder
@@ -173,7 +173,7 @@ def train_epochs(cfg: PretrainConfig, images: np.ndarray, *, seed: int = 0, out_
         optimizer, warmup_cosine(total_steps, cfg.optim.warmup_epochs * steps_per_epoch))
     sh = cfg.sparsehead
     reg = SparseHeadRegularizer(sh.form, sh.lam, sh.update, method.penalised_modules(sh.include_predictor))
-    view1, view2 = (SimCLRAugment(a, encoder.spec.input.image_size) for a in method.view_configs(cfg.augment))
+    view1, view2 = (ViewAugmentation(a, encoder.spec.input.image_size) for a in method.view_configs(cfg.augment))
     amp = autocast_dtype(device, cfg.precision)
 
     # Sharded images carry their manifest hash: never read a set larger than memory just to name it; and
