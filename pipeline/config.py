@@ -89,7 +89,8 @@ MOVED_SSL_KEYS: dict[str, tuple[str, ...]] = {
     "temperature": ("simclr.temperature", "mocov2.temperature"),
     "momentum": ("byol.momentum", "mocov2.momentum"),
     "predictor_hidden_dim": ("byol.predictor_hidden_dim", "simsiam.predictor_hidden_dim"),
-    "asymmetric_views": ("byol.asymmetric_views", "barlow_twins.asymmetric_views", "vicreg.asymmetric_views"),
+    "asymmetric_views": tuple(f"{m}.{k}" for m in ("byol", "barlow_twins", "vicreg")
+                              for k in ("view_blur", "view_solarize")),
     "barlow_lambda": ("barlow_twins.lambda_offdiag",),
     **{f"vicreg_{k}": (f"vicreg.{k}",) for k in ("invariance", "variance", "covariance", "gamma", "eps")},
     "moco_queue_size": ("mocov2.queue_size",),
@@ -200,6 +201,7 @@ class OptimConfig(_Section):
     weight_decay: float = Field(5e-4, ge=0.0)
     warmup_epochs: int = Field(2, ge=0)
     eta: float = Field(1e-3, gt=0.0)  # LARS trust coefficient (SimCLR's, lightly's, timm's, solo-learn's)
+    lars_clip: bool = False  # LARS: trust ratio / lr capped at 1 (solo-learn's clip_lr, on in its CIFAR recipes)
     # SGD: torch's fused kernel (one launch for all parameters); LARS (custom, per-parameter trust
     # ratios) ignores it and stays unfused
     fused: bool = False

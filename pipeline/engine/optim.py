@@ -13,12 +13,14 @@ from pipeline.config import OptimConfig
 class LARS(torch.optim.Optimizer):
     """LARS (You et al., 2017) as SimCLR uses it: SGD with momentum whose step for each weight matrix is
     scaled by the trust ratio eta * ||w|| / ||g + wd * w||. Groups with ``lars=False`` (biases and norm
-    parameters) take plain SGD steps without weight decay.
+    parameters) take plain SGD steps without weight decay. With ``clip`` the ratio is divided by the
+    rate and capped at 1 (solo-learn's ``clip_lr``), so a layer never moves faster than plain SGD would.
     """
 
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
-                 eta: float = 1e-3) -> None:
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars=True))
+                 eta: float = 1e-3, clip: bool = False) -> None:
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars=True,
+                                      clip=clip))
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
@@ -33,6 +35,8 @@ class LARS(torch.optim.Optimizer):
                     w_norm, d_norm = p.norm(), d.norm()
                     trust = torch.where((w_norm > 0) & (d_norm > 0), group["eta"] * w_norm / d_norm,
                                         torch.ones_like(w_norm))
+                    if group["clip"]:
+                        trust = (trust / group["lr"]).clamp(max=1.0)
                     d = d.mul(trust)
                 buf = self.state[p].get("momentum_buffer")
                 if buf is None:
@@ -68,7 +72,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, batch_size: int,
     params = [*model.parameters(), *(extra or [])]
     if cfg.name == "lars":
         return LARS(_param_groups(params, cfg.weight_decay, True), lr=lr, momentum=cfg.momentum,
-                    weight_decay=cfg.weight_decay, eta=cfg.eta)
+                    weight_decay=cfg.weight_decay, eta=cfg.eta, clip=cfg.lars_clip)
     # fused: one kernel for every parameter's update (CUDA and CPU); None keeps torch's default (foreach).
     return torch.optim.SGD(_param_groups(params, cfg.weight_decay, False), lr=lr, momentum=cfg.momentum,
                            fused=cfg.fused or None)

@@ -24,17 +24,18 @@ def standardize(z: Tensor, eps: float) -> Tensor:
 
 
 class BarlowTwinsLoss(nn.Module):
-    """``sum_i (1 - C_ii)^2 + lambda * sum_{i != j} C_ij^2``, C the (D, D) cross-correlation of the two
+    """``scale * (sum_i (1 - C_ii)^2 + lambda * sum_{i != j} C_ij^2)``, C the (D, D) cross-correlation of the two
     views' batch-standardised embeddings (Zbontar et al. 2021, eq. 1).
 
     Args:
         lambda_offdiag: the off-diagonal weight (the published code's 0.0051; the paper rounds it to 5e-3).
         eps: in the standardisation's ``sqrt(var + eps)``.
+        scale: what the whole loss is multiplied by (the paper's 1; solo-learn's CIFAR recipe 0.1).
     """
 
-    def __init__(self, lambda_offdiag: float = 0.0051, eps: float = 1e-5) -> None:
+    def __init__(self, lambda_offdiag: float = 0.0051, eps: float = 1e-5, scale: float = 1.0) -> None:
         super().__init__()
-        self.lambda_offdiag, self.eps = lambda_offdiag, eps
+        self.lambda_offdiag, self.eps, self.scale = lambda_offdiag, eps, scale
 
     def cross_correlation(self, z1: Tensor, z2: Tensor) -> Tensor:
         """C of views 1 and 2, each (N, D) with N > 1; (D, D)."""
@@ -52,13 +53,14 @@ class BarlowTwinsLoss(nn.Module):
     def forward(self, z1: Tensor, z2: Tensor) -> Tensor:
         """The loss of views 1 and 2, each (N, D) with N > 1; a scalar."""
         on, off = self.terms(z1, z2)
-        return on + self.lambda_offdiag * off
+        return self.scale * (on + self.lambda_offdiag * off)
 
 
 class BarlowTwinsParams(AsymmetricViewParams):
     """``pretrain.ssl.barlow_twins``."""
 
     lambda_offdiag: float = Field(0.0051, ge=0.0)  # the weight of the off-diagonal term
+    scale_loss: float = Field(1.0, gt=0.0)  # the whole loss's factor (solo-learn's CIFAR recipe: 0.1)
 
 
 @register_method
@@ -70,4 +72,4 @@ class BarlowTwins(Method[BarlowTwinsParams]):
 
     def __init__(self, params: BarlowTwinsParams, encoder: Encoder) -> None:
         super().__init__(params, encoder)
-        self.loss = BarlowTwinsLoss(params.lambda_offdiag)
+        self.loss = BarlowTwinsLoss(params.lambda_offdiag, scale=params.scale_loss)

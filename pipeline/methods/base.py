@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import ClassVar, Generic, TypeVar
+from typing import ClassVar, Generic, Literal, TypeVar
 
 import torch
+from pydantic import field_validator
 from torch import Tensor, nn
 
 from pipeline.config import AugmentConfig, MethodParams
@@ -42,26 +43,52 @@ class StepOutput:
     z: Tensor
 
 
+# BYOL's per-view blur probabilities (Grill et al. 2020, table 6), and the largest view side at which
+# "auto" leaves blur out: solo-learn's CIFAR recipes (32 px) drop it, its ImageNet ones (224 px) keep it.
+BYOL_BLUR = (1.0, 0.1)
+NO_BLUR_UP_TO = 32
+
+Pair = tuple[float, float]
+
+
 class AsymmetricViewParams(MethodParams):
-    """Parameters of a method whose paper draws its two views differently (BYOL's views)."""
+    """Parameters of a method whose paper draws its two views differently: BYOL's views, which Barlow
+    Twins and VICReg reuse. Each pair is (view 1, view 2) and replaces ``pretrain.augment``'s
+    probability; null keeps ``pretrain.augment``'s for both views."""
 
-    asymmetric_views: bool = True  # false: both views are pretrain.augment
+    # auto: BYOL's (1.0, 0.1) on views larger than NO_BLUR_UP_TO px, none on smaller ones
+    view_blur: Pair | Literal["auto"] | None = "auto"
+    view_solarize: Pair | None = (0.0, 0.2)  # BYOL's
 
+    @field_validator("view_blur", "view_solarize")
+    @classmethod
+    def _probabilities(cls, v: Pair | str | None) -> Pair | str | None:
+        if isinstance(v, tuple) and not all(0.0 <= p <= 1.0 for p in v):
+            raise ValueError(f"probabilities must lie in [0, 1], got {v}")
+        return v
 
-def asymmetric_views(augment: AugmentConfig) -> tuple[AugmentConfig, AugmentConfig]:
-    """BYOL's two views (Grill et al. 2020, table 6), which Barlow Twins and VICReg reuse.
+    def views(self, augment: AugmentConfig, side: int) -> tuple[AugmentConfig, AugmentConfig]:
+        """The two views' augmentations for views of ``side`` px.
 
-    Blur always on the first view and with probability 0.1 on the second; solarisation only on the
-    second (0.2); everything else is ``augment``.
+        Args:
+            augment: the ``pretrain.augment`` section.
+            side: the side of the views in pixels.
 
-    Args:
-        augment: the ``pretrain.augment`` section.
-
-    Returns:
-        The configs of view 1 and view 2.
-    """
-    return (augment.model_copy(update={"blur_prob": 1.0, "solarize_prob": 0.0}),
-            augment.model_copy(update={"blur_prob": 0.1, "solarize_prob": 0.2}))
+        Returns:
+            The configs of view 1 and view 2.
+        """
+        blur = self.view_blur
+        if blur == "auto":
+            blur = (0.0, 0.0) if side <= NO_BLUR_UP_TO else BYOL_BLUR
+        configs = []
+        for i in (0, 1):
+            update = {}
+            if isinstance(blur, tuple):
+                update["blur_prob"] = blur[i]
+            if self.view_solarize is not None:
+                update["solarize_prob"] = self.view_solarize[i]
+            configs.append(augment.model_copy(update=update))
+        return configs[0], configs[1]
 
 
 class Method(nn.Module, Generic[P]):
@@ -95,11 +122,11 @@ class Method(nn.Module, Generic[P]):
     def __init__(self, params: P, encoder: Encoder) -> None:
         super().__init__()
         self.params = params
+        self.view_side = encoder.spec.input.image_size
 
     def view_configs(self, augment: AugmentConfig) -> tuple[AugmentConfig, AugmentConfig]:
-        """The augmentation of each of the two views: :func:`asymmetric_views` for a method whose parameters
-        derive from :class:`AsymmetricViewParams` (unless its ``asymmetric_views`` is false), else
-        ``augment`` for both.
+        """The augmentation of each of the two views: :meth:`AsymmetricViewParams.views` for a method whose
+        parameters derive from :class:`AsymmetricViewParams`, else ``augment`` for both.
 
         Args:
             augment: the ``pretrain.augment`` section.
@@ -107,8 +134,8 @@ class Method(nn.Module, Generic[P]):
         Returns:
             The configs of view 1 and view 2.
         """
-        if isinstance(self.params, AsymmetricViewParams) and self.params.asymmetric_views:
-            return asymmetric_views(augment)
+        if isinstance(self.params, AsymmetricViewParams):
+            return self.params.views(augment, self.view_side)
         return augment, augment
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:

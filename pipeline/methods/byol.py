@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from pipeline.engine.distributed import DistContext
 from pipeline.methods.base import AsymmetricViewParams, Method, full_precision
-from pipeline.methods.momentum import cosine_momentum, ema_update_, momentum_copy
+from pipeline.methods.momentum import MomentumParams, ema_update_, momentum_copy
 from pipeline.methods.predictor import PredictorMixin, build_predictor
 from pipeline.methods.registry import register_method
 from pipeline.models.encoder import Encoder
@@ -34,12 +34,13 @@ class BYOLLoss(nn.Module):
         return normalized_mse(p1, t2) + normalized_mse(p2, t1)
 
 
-class BYOLParams(AsymmetricViewParams):
+class BYOLParams(AsymmetricViewParams, MomentumParams):
     """``pretrain.ssl.byol``."""
 
-    # The target's momentum at the first step, raised to 1 on a cosine schedule (the paper's 0.996 is for
-    # ImageNet; 0.99 is solo-learn's and lightly's CIFAR choice)
+    # The target's momentum at the first step (the paper's 0.996 is for ImageNet; 0.99 is solo-learn's and
+    # lightly's CIFAR choice), raised to final_momentum on a cosine schedule (the paper's 1)
     momentum: float = Field(0.99, ge=0.0, le=1.0)
+    final_momentum: float | None = Field(1.0, ge=0.0, le=1.0)
     # The predictor's hidden width; None: the head's last hidden width (BYOL's 4096-256 projector and
     # 4096 predictor)
     predictor_hidden_dim: int | None = Field(None, gt=0)
@@ -72,4 +73,4 @@ class BYOL(PredictorMixin, Method[BYOLParams]):
     @torch.no_grad()
     def after_step(self, encoder: Encoder, step: int, total_steps: int) -> None:
         """The target follows the online encoder with the scheduled momentum."""
-        ema_update_(self.target, encoder, cosine_momentum(self.params.momentum, step, total_steps))
+        ema_update_(self.target, encoder, self.params.at(step, total_steps))

@@ -16,10 +16,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from pipeline.config import MethodParams
 from pipeline.engine.distributed import DistContext, gather
 from pipeline.methods.base import Method, full_precision
-from pipeline.methods.momentum import ema_update_, momentum_copy
+from pipeline.methods.momentum import MomentumParams, ema_update_, momentum_copy
 from pipeline.methods.registry import register_method
 from pipeline.models.encoder import Encoder
 
@@ -86,12 +85,11 @@ class KeyQueue(nn.Module):
         self.ptr.copy_((self.ptr + m) % self.size)
 
 
-class MoCoV2Params(MethodParams):
-    """``pretrain.ssl.mocov2``."""
+class MoCoV2Params(MomentumParams):
+    """``pretrain.ssl.mocov2``: the key encoder's ``momentum`` is constant unless ``final_momentum`` is set
+    (MoCo's 0.999 is for ImageNet; 0.99 for small data; solo-learn's MoCo v2+ rises from 0.99 to 0.999)."""
 
     temperature: float = Field(0.2, gt=0.0)  # InfoNCE's
-    # The key encoder's momentum, constant (MoCo's 0.999 is for ImageNet; 0.99 for small data)
-    momentum: float = Field(0.99, ge=0.0, le=1.0)
     # Negatives kept: 1024 for small data sets (digits has 1,437 training images; the paper's 65536 is for
     # ImageNet)
     queue_size: int = Field(1024, gt=0)
@@ -128,8 +126,8 @@ class MoCoV2(Method[MoCoV2Params]):
 
     @torch.no_grad()
     def after_step(self, encoder: Encoder, step: int, total_steps: int) -> None:
-        """Queue this step's keys; the key encoder follows the online one with constant momentum."""
+        """Queue this step's keys; the key encoder follows the online one with the momentum of this step."""
         if self._pending is not None:
             self.queue.push(self._pending)
             self._pending = None
-        ema_update_(self.target, encoder, self.params.momentum)
+        ema_update_(self.target, encoder, self.params.at(step, total_steps))

@@ -14,7 +14,10 @@ import math
 from typing import TypeVar
 
 import torch
+from pydantic import Field, model_validator
 from torch import nn
+
+from pipeline.config import MethodParams
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
@@ -41,16 +44,38 @@ def ema_update_(target: nn.Module, online: nn.Module, momentum: float) -> None:
     torch._foreach_add_(t, o, alpha=1.0 - momentum)
 
 
-def cosine_momentum(base: float, step: int, total_steps: int) -> float:
-    """BYOL's schedule (Grill et al. 2020, section 3.2): ``1 - (1 - base) (cos(pi k / K) + 1) / 2``.
+def cosine_momentum(base: float, step: int, total_steps: int, final: float = 1.0) -> float:
+    """BYOL's schedule (Grill et al. 2020, section 3.2): ``final - (final - base) (cos(pi k / K) + 1) / 2``.
 
     Args:
         base: the momentum of the first update.
         step: the update's number, from 1; k = step - 1.
         total_steps: K, the run's number of updates.
+        final: the momentum it rises to at the end of training (BYOL's 1; solo-learn's MoCo v2+ 0.999).
 
     Returns:
-        The momentum, rising from ``base`` towards 1 at the end of training.
+        The momentum, rising from ``base`` towards ``final``.
     """
     k = min(max(step - 1, 0), total_steps)
-    return 1.0 - (1.0 - base) * (math.cos(math.pi * k / max(1, total_steps)) + 1.0) / 2.0
+    return final - (final - base) * (math.cos(math.pi * k / max(1, total_steps)) + 1.0) / 2.0
+
+
+class MomentumParams(MethodParams):
+    """The parameters of a method with a momentum target network (``pretrain.ssl.<method>.<key>``)."""
+
+    momentum: float = Field(0.99, ge=0.0, le=1.0)  # at the first step
+    # What the momentum rises to on a cosine schedule by the last step; None: constant
+    final_momentum: float | None = Field(None, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _rises(self) -> MomentumParams:
+        if self.final_momentum is not None and self.final_momentum < self.momentum:
+            raise ValueError(f"final_momentum: {self.final_momentum} is below momentum ({self.momentum}); the "
+                             "schedule only rises")
+        return self
+
+    def at(self, step: int, total_steps: int) -> float:
+        """The momentum of update ``step`` (from 1) of ``total_steps``."""
+        if self.final_momentum is None:
+            return self.momentum
+        return cosine_momentum(self.momentum, step, total_steps, self.final_momentum)

@@ -24,7 +24,9 @@ def test_matches_the_numpy_reference(lam):
     g = torch.Generator().manual_seed(0)
     z1, z2 = torch.randn(16, 6, generator=g), torch.randn(16, 6, generator=g)
     got = BarlowTwinsLoss(lam)(z1, z2).item()
-    assert got == pytest.approx(reference_barlow(z1.double().numpy(), z2.double().numpy(), lam), rel=1e-5)
+    want = reference_barlow(z1.double().numpy(), z2.double().numpy(), lam)
+    assert got == pytest.approx(want, rel=1e-5)
+    assert BarlowTwinsLoss(lam, scale=0.1)(z1, z2).item() == pytest.approx(0.1 * want, rel=1e-5)
 
 
 def test_on_diagonal_term_is_zero_for_identical_views_and_known_for_opposite_ones():
@@ -43,7 +45,7 @@ def test_on_diagonal_term_is_zero_for_identical_views_and_known_for_opposite_one
 def test_rejects_bad_shapes_and_uses_the_paper_views():
     with pytest.raises(ValueError, match="N > 1"):
         BarlowTwinsLoss()(torch.randn(1, 3), torch.randn(1, 3))
-    _, method = tiny_method("barlow_twins")
-    assert method.loss.lambda_offdiag == 0.0051
+    _, method = tiny_method("barlow_twins", scale_loss=0.1)
+    assert (method.loss.lambda_offdiag, method.loss.scale) == (0.0051, 0.1)
     v1, v2 = method.view_configs(AugmentConfig())
-    assert (v1.blur_prob, v2.solarize_prob) == (1.0, 0.2)
+    assert (v1.blur_prob, v2.blur_prob, v2.solarize_prob) == (0.0, 0.0, 0.2)  # 8 px: no blur (README)

@@ -9,7 +9,8 @@ import torch
 from pipeline.config import AugmentConfig
 from pipeline.engine.distributed import DistContext
 from pipeline.methods import BYOLLoss
-from pipeline.methods.momentum import cosine_momentum, ema_update_
+from pipeline.methods.byol import BYOLParams
+from pipeline.methods.momentum import MomentumParams, cosine_momentum, ema_update_
 from pipeline.sparsehead import SparseHeadRegularizer
 from tests.methods.helpers import tiny_method
 
@@ -58,6 +59,13 @@ def test_cosine_momentum_schedule():
     assert cosine_momentum(0.99, 11, 10) == pytest.approx(1.0)
     ms = [cosine_momentum(0.9, s, 20) for s in range(1, 21)]
     assert ms == sorted(ms) and ms[-1] < 1.0
+    # solo-learn's MoCo v2+: 0.99 to 0.999; halfway, the mean of the two.
+    assert cosine_momentum(0.99, 6, 10, final=0.999) == pytest.approx((0.99 + 0.999) / 2)
+    assert cosine_momentum(0.99, 11, 10, final=0.999) == pytest.approx(0.999)
+    assert MomentumParams(momentum=0.9).at(7, 10) == 0.9  # no final_momentum: constant
+    assert MomentumParams(momentum=0.9, final_momentum=1.0).at(11, 10) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="final_momentum: 0.5 is below momentum"):
+        MomentumParams(momentum=0.9, final_momentum=0.5)
 
 
 def test_after_step_is_the_ema_of_the_online_encoder():
@@ -76,12 +84,25 @@ def test_after_step_is_the_ema_of_the_online_encoder():
         ema_update_(method.target, method.predictor, 0.5)
 
 
+def blur_solarize(views: tuple[AugmentConfig, AugmentConfig]) -> tuple[float, ...]:
+    return tuple(p for v in views for p in (v.blur_prob, v.solarize_prob))
+
+
 def test_views_predictor_and_penalised_modules():
     encoder, method = tiny_method("byol")
-    v1, v2 = method.view_configs(AugmentConfig())
-    assert (v1.blur_prob, v1.solarize_prob, v2.blur_prob, v2.solarize_prob) == (1.0, 0.0, 0.1, 0.2)
-    _, plain = tiny_method("byol", asymmetric_views=False)
-    assert plain.view_configs(AugmentConfig()) == (AugmentConfig(), AugmentConfig())
+    # 8 px views: "auto" leaves blur out (as solo-learn's 32 px CIFAR recipes), solarisation on view 2.
+    assert blur_solarize(method.view_configs(AugmentConfig())) == (0.0, 0.0, 0.0, 0.2)
+    # Above 32 px, BYOL's table 6: blur 1.0 / 0.1, solarisation 0 / 0.2; the rest is pretrain.augment.
+    v1, v2 = BYOLParams().views(AugmentConfig(hflip_prob=0.3), 33)
+    assert blur_solarize((v1, v2)) == (1.0, 0.0, 0.1, 0.2) and v1.hflip_prob == v2.hflip_prob == 0.3
+    assert blur_solarize(BYOLParams().views(AugmentConfig(), 32)) == (0.0, 0.0, 0.0, 0.2)
+    # Explicit pairs replace pretrain.augment's probabilities; null keeps them.
+    aug = AugmentConfig(blur_prob=0.4, solarize_prob=0.3)
+    assert blur_solarize(BYOLParams(view_blur=(0.5, 0.6)).views(aug, 8)) == (0.5, 0.0, 0.6, 0.2)
+    _, plain = tiny_method("byol", view_blur=None, view_solarize=None)
+    assert plain.view_configs(aug) == (aug, aug)
+    with pytest.raises(ValueError, match=r"probabilities must lie in \[0, 1\]"):
+        BYOLParams(view_solarize=(0.0, 1.5))
     # The predictor's hidden width defaults to the head's last hidden width (BYOL: 4096 both).
     assert method.predictor.linear_layers()[0].weight.shape == (8, 4)
     assert tiny_method("byol", predictor_hidden_dim=5)[1].predictor.linear_layers()[0].weight.shape == (5, 4)
