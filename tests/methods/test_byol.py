@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import AugmentConfig
+from pipeline.config import AugmentConfig, SparseHeadConfig
 from pipeline.engine.distributed import DistContext
 from pipeline.methods import BYOLLoss
 from pipeline.methods.momentum import cosine_momentum, ema_update_
-from pipeline.config import SparseHeadConfig
 from pipeline.sparsehead import SparseHead
 from tests.methods.helpers import tiny_method
 
