@@ -217,8 +217,8 @@ class TuneConfig(_Section):
     timeout_s: float | None = None
     lambda_low: float = Field(1e-5, gt=0.0)
     lambda_high: float = Field(1e-1, gt=0.0)
-    forms: list[SparseHeadForm] = Field(default_factory=lambda: ["l1"])
-    updates: list[SparseHeadUpdate] = Field(default_factory=lambda: ["gradient"])
+    forms: list[SparseHeadForm] = Field(["l1"])  # pydantic copies a mutable default for each instance
+    updates: list[SparseHeadUpdate] = Field(["gradient"])
     methods: list[SSLMethod] | None = None  # None: pretrain.ssl.method only; more than one: searched, each its baseline
     # Every trial (the baseline too) trains once per seed: each seed gives a paired difference
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
