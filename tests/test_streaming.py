@@ -13,7 +13,14 @@ from pipeline.data.preprocess import channel_stats
 from pipeline.data.shards import ShardedImages
 from pipeline.data.splits import train_val_split
 from pipeline.engine.checkpoint import CHECKPOINT, read_checkpoint_meta
-from pipeline.engine.feeding import InMemoryFeeder, StreamingFeeder, chunk_plan, make_feeder, wants_streaming
+from pipeline.engine.feeding import (
+    InMemoryFeeder,
+    StreamingFeeder,
+    chunk_plan,
+    epoch_generator,
+    make_feeder,
+    wants_streaming,
+)
 from pipeline.engine.trainer import train
 from tests.conftest import Crash, crash_after
 
@@ -90,6 +97,57 @@ def test_small_chunks_see_every_image_at_most_once_and_ranks_split_global_batche
     # Chunks really mix: an epoch is not the identity order, and another epoch differs.
     assert seen != sorted(seen)
     assert epoch_ids(feeder, 3, 5, steps, 2 * batch) != whole
+
+
+@pytest.mark.parametrize("chunk", [50, 100, 512])
+def test_each_rank_reads_only_the_images_of_its_own_batches(chunk):
+    x = numbered(300)
+    steps, batch = 300 // (32 * 2), 32  # 4 global batches of 64: 256 of the 300 images are used
+    shares = []
+    for rank in (0, 1):
+        feeder = StreamingFeeder(x, CPU, chunk_images=chunk, seed=5, epochs=1)
+        shares.append([i for b in epoch_ids(feeder, 0, 5, steps, batch, world=2, rank=rank) for i in b])
+        feeder.wait()
+        # Read = used: 128 images, half of the 256 the epoch uses (every rank once read all 300).
+        assert feeder.images_read == len(shares[-1]) == steps * batch
+    assert not set(shares[0]) & set(shares[1])
+
+
+def test_the_next_epochs_first_chunk_is_read_while_this_one_ends():
+    x = numbered(300)
+    steps, batch = 300 // 32, 32
+
+    def run(feeder, epoch, g):
+        return [ids(b) for b in feeder.epoch(epoch, g, steps, batch)]
+
+    feeder = StreamingFeeder(x, CPU, chunk_images=100, seed=5, epochs=2)
+    first = run(feeder, 0, epoch_generator(CPU, 5, 0))
+    feeder.wait()
+    ahead = feeder.images_read - steps * batch
+    assert 0 < ahead <= 100  # epoch 1's first chunk, read before epoch 1 was asked for
+    second = run(feeder, 1, epoch_generator(CPU, 5, 1))
+    feeder.wait()
+    assert feeder.images_read == 2 * steps * batch  # nothing read twice; no read-ahead past the last epoch
+    fresh = StreamingFeeder(x, CPU, chunk_images=100, seed=5)
+    assert first == run(fresh, 0, epoch_generator(CPU, 5, 0))
+    fresh = StreamingFeeder(x, CPU, chunk_images=100, seed=5)
+    assert second == run(fresh, 1, epoch_generator(CPU, 5, 1))
+    # A generator other than the one foreseen: the read-ahead is dropped and the chunk read again.
+    feeder = StreamingFeeder(x, CPU, chunk_images=100, seed=5)
+    run(feeder, 0, epoch_generator(CPU, 5, 0))
+    other = torch.Generator().manual_seed(99)
+    fresh = StreamingFeeder(x, CPU, chunk_images=100, seed=5)
+    assert run(feeder, 1, other) == run(fresh, 1, torch.Generator().manual_seed(99))
+
+
+def test_a_stream_stopped_mid_epoch_leaves_the_next_epoch_exact():
+    x = numbered(300)
+    feeder = StreamingFeeder(x, CPU, chunk_images=64, seed=2)
+    batches = feeder.epoch(0, epoch_generator(CPU, 2, 0), 9, 32)
+    next(batches)
+    batches.close()  # a pruned trial, an exception in the step
+    fresh = StreamingFeeder(x, CPU, chunk_images=64, seed=2)
+    assert epoch_ids(feeder, 1, 2, 9, 32) == epoch_ids(fresh, 1, 2, 9, 32)
 
 
 def test_streaming_from_shards_equals_streaming_from_the_array(tmp_path):

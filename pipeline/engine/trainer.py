@@ -28,7 +28,7 @@ from pipeline.device import autocast_dtype, resolve_device
 from pipeline.engine.augment import SimCLRAugment
 from pipeline.engine.checkpoint import CHECKPOINT, fingerprint, load_checkpoint, save_checkpoint
 from pipeline.engine.distributed import DistContext
-from pipeline.engine.feeding import make_feeder
+from pipeline.engine.feeding import epoch_generator, make_feeder
 from pipeline.engine.optim import build_optimizer, warmup_cosine
 from pipeline.methods import Method, build_method
 from pipeline.models.encoder import Encoder, EncoderSpec
@@ -81,12 +81,6 @@ def build_encoder(cfg: PretrainConfig, images: np.ndarray) -> Encoder:
         head_bn=cfg.head.batch_norm,
     )
     return Encoder(spec)
-
-
-def _epoch_generator(device: torch.device, seed: int, epoch: int, rank: int = 0) -> torch.Generator:
-    g = torch.Generator(device=device)
-    g.manual_seed(seed * 1_000_003 + epoch + rank * 7_919_993)
-    return g
 
 
 def _resume(state: dict | None, fp: str, path: Path, modules: dict[str, object]) -> tuple[list, int]:
@@ -187,15 +181,15 @@ def train_epochs(cfg: PretrainConfig, images: np.ndarray, *, seed: int = 0, out_
     if resume and ckpt_path is not None:
         history, start_epoch = _resume(load_checkpoint(ckpt_path, device), fp, ckpt_path, state_of)
 
-    feeder = make_feeder(images, cfg.data, device, seed)
+    feeder = make_feeder(images, cfg.data, device, seed, epochs)
     bar = tqdm(range(start_epoch, epochs), desc=f"pretrain {method.name}", unit="epoch",
                disable=not progress or not dist.is_main, initial=start_epoch, total=epochs)
     for epoch in bar:
         encoder.train()
         method.train()
-        g = _epoch_generator(device, seed, epoch)
+        g = epoch_generator(device, seed, epoch)
         # Augmentations differ between ranks; on rank 0 (and in one process) they continue g's stream.
-        g_aug = g if dist.rank == 0 else _epoch_generator(device, seed, epoch, dist.rank)
+        g_aug = g if dist.rank == 0 else epoch_generator(device, seed, epoch, dist.rank)
         sums = torch.zeros(3, device=device)  # loss_total, loss_ssl, sparse_reg, summed without syncs
         if device.type == "cuda":
             torch.cuda.synchronize(device)
