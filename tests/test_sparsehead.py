@@ -4,8 +4,18 @@ import pytest
 import torch
 from torch import nn
 
+from pipeline.config import SparseHeadConfig
 from pipeline.models.heads import ProjectionHead
-from pipeline.sparsehead import SparseHeadRegularizer, head_stats
+from pipeline.sparsehead import SparseHead, head_stats
+
+
+def reg(form: str, lam: float = 0.0, update: str = "gradient", extra=()) -> SparseHead:
+    return SparseHead(SparseHeadConfig.model_validate({"form": form, "lambda": lam, "update": update}), extra)
+
+
+def sgd_at(head: ProjectionHead, lr: float) -> torch.optim.SGD:
+    """An optimiser whose last step used ``lr`` for every parameter of ``head`` (no step is taken here)."""
+    return torch.optim.SGD(head.parameters(), lr=lr)
 
 
 def small_head() -> ProjectionHead:
@@ -22,7 +32,7 @@ def small_head() -> ProjectionHead:
 
 def test_l1_value_and_gradient():
     head = small_head()
-    r = SparseHeadRegularizer("l1", 0.1)(head, torch.zeros(1, 2))
+    r = reg("l1", 1.0)(head, torch.zeros(1, 2))  # lambda 1: the penalty is R itself
     assert r.item() == pytest.approx(1 + 2 + 3 + 0.5 + 0.5 + 4)
     r.backward()
     w1, w2 = head.linear_layers()
@@ -34,7 +44,7 @@ def test_l1_value_and_gradient():
 
 def test_group_value_and_gradient():
     head = small_head()
-    r = SparseHeadRegularizer("group", 0.1)(head, torch.zeros(1, 2))
+    r = reg("group", 1.0)(head, torch.zeros(1, 2))
     # Columns of W1: (1, 3), (-2, 0), (0, 0): norms sqrt(10), 2, 0.
     assert r.item() == pytest.approx(10 ** 0.5 + 2.0)
     r.backward()
@@ -48,17 +58,18 @@ def test_group_value_and_gradient():
 def test_activation_value_and_gradient():
     head = small_head()
     z = torch.tensor([[1.0, -2.0], [0.5, 0.0], [-3.0, 1.0]], requires_grad=True)
-    r = SparseHeadRegularizer("activation", 1.0)(head, z)
+    r = reg("activation", 1.0)(head, z)
     assert r.item() == pytest.approx((3 + 0.5 + 4) / 3)
     r.backward()
     assert torch.allclose(z.grad, torch.sign(z.detach()) / 3)
 
 
 def test_rejects_unknown_form_and_negative_lambda():
+    # pydantic is the one place that checks them (SparseHead trusts its validated config).
     with pytest.raises(ValueError, match="form"):
-        SparseHeadRegularizer("l2")
+        reg("l2")
     with pytest.raises(ValueError, match="lambda"):
-        SparseHeadRegularizer("l1", -1.0)
+        reg("l1", -1.0)
 
 
 def test_head_stats_hand_computed():
@@ -77,7 +88,7 @@ def test_l1_gradient_step_shrinks_weights():
     head = small_head()
     opt = torch.optim.SGD(head.parameters(), lr=0.1)
     before = sum(layer.weight.abs().sum().item() for layer in head.linear_layers())
-    SparseHeadRegularizer("l1", 1.0)(head, torch.zeros(1, 2)).backward()
+    reg("l1", 1.0)(head, torch.zeros(1, 2)).backward()
     opt.step()
     after = sum(layer.weight.abs().sum().item() for layer in head.linear_layers())
     assert after < before
@@ -86,9 +97,9 @@ def test_l1_gradient_step_shrinks_weights():
 
 def test_proximal_l1_is_the_soft_threshold():
     head = small_head()
-    reg = SparseHeadRegularizer("l1", 0.5, update="proximal")
-    assert reg.proximal and not reg.in_loss
-    reg.proximal_step(head, lr=2.0)  # threshold lr * lambda = 1
+    sh = reg("l1", 0.5, update="proximal")
+    assert sh.proximal and not sh.in_loss
+    sh.after_step(head, sgd_at(head, lr=2.0))  # threshold lr * lambda = 1
     w1, w2 = head.linear_layers()
     # sign(w) max(|w| - 1, 0), by hand: 1 -> 0, -2 -> -1, 3 -> 2; 0.5, -0.5 -> 0; 4 -> 3.
     assert torch.equal(w1.weight, torch.tensor([[0.0, -1.0, 0.0], [2.0, 0.0, 0.0]]))
@@ -98,7 +109,7 @@ def test_proximal_l1_is_the_soft_threshold():
 
 def test_proximal_group_shrinks_whole_columns():
     head = small_head()
-    SparseHeadRegularizer("group", 1.0, update="proximal").proximal_step(head, lr=2.5)  # threshold 2.5
+    reg("group", 1.0, update="proximal").after_step(head, sgd_at(head, lr=2.5))  # threshold 2.5
     w1, w2 = head.linear_layers()
     # Column norms sqrt(10), 2, 0: the first scales by 1 - 2.5 / sqrt(10), the second (2 < 2.5) goes to zero.
     scale = 1 - 2.5 / 10 ** 0.5
@@ -108,11 +119,11 @@ def test_proximal_group_shrinks_whole_columns():
 
 
 def test_activation_form_stays_a_gradient_penalty_under_proximal():
-    reg = SparseHeadRegularizer("activation", 0.1, update="proximal")
-    assert not reg.proximal and reg.in_loss
+    sh = reg("activation", 0.1, update="proximal")
+    assert not sh.proximal and sh.in_loss
     head = small_head()
     before = [w.weight.clone() for w in head.linear_layers()]
-    reg.proximal_step(head, lr=1.0)
+    sh.after_step(head, sgd_at(head, lr=1.0))
     assert all(torch.equal(a, w.weight) for a, w in zip(before, head.linear_layers(), strict=True))
 
 

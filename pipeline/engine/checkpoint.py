@@ -37,14 +37,15 @@ def fingerprint(cfg: PretrainConfig, images: np.ndarray | str, seed: int, epochs
     ``images`` is the training array, or a digest that stands for it (a manifest's sha256).
     ``world_size`` (torchrun ranks) sets the global batch, the steps per epoch and so the schedule.
     """
-    d = cfg.model_dump(by_alias=True, exclude={"out_dir", "device", "num_threads"})
+    # Where and how it runs, and what is measured alongside (the monitor), do not change the result.
+    d = cfg.model_dump(by_alias=True, exclude={"out_dir", "device", "num_threads", "monitor_every"})
     d["epochs"] = epochs or cfg.epochs
     if world_size > 1:  # one process keeps the fingerprints it always had
         d["world_size"] = world_size
     if isinstance(images, str):
         data = images
     else:
-        data = hashlib.sha256(memoryview(np.ascontiguousarray(images)).cast("B")).hexdigest()
+        data = hashlib.sha256(np.ascontiguousarray(images).data.cast("B")).hexdigest()
     return hashlib.sha256(json.dumps([d, seed, data], sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -70,9 +70,9 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tens
     train_y, val_y = train_y.to(device), val_y.to(device)
     _check_labels("train", train_y, num_classes)
     _check_labels("val", val_y, num_classes)
-    has_test = test_x is not None and test_y is not None
+    test = (test_x, test_y) if test_x is not None and test_y is not None else None
     xs = standardize(train_x.float(), val_x.float().to(device),
-                     *([test_x.float().to(device)] if has_test else []))
+                     *([test[0].float().to(device)] if test is not None else []))
     xtr, xval = xs[0], xs[1]
 
     n, d = xtr.shape
@@ -114,8 +114,8 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tens
             val_top1_by_wd={float(w): a for w, a in zip(cfg.weight_decays, val_top1, strict=True)},
             seconds=0.0,
         )
-        if has_test:
-            ty = test_y.to(device)
+        if test is not None:
+            ty = test[1].to(device)
             _check_labels("test", ty, num_classes)
             test_logits = logits_of(xs[2])[best]
             result.test_top1 = topk_accuracy(test_logits, ty, 1)
