@@ -34,8 +34,15 @@ def fingerprint(cfg: PretrainConfig, images: np.ndarray | str, seed: int, epochs
                 world_size: int = 1) -> str:
     """What a checkpoint must match to be resumed: everything that changes the result.
 
-    ``images`` is the training array, or a digest that stands for it (a manifest's sha256).
-    ``world_size`` (torchrun ranks) sets the global batch, the steps per epoch and so the schedule.
+    Args:
+        cfg: the pretraining params (where it runs, the thread count and the monitor do not count).
+        images: the training array, or a digest that stands for it (a manifest's sha256).
+        seed: the training seed.
+        epochs: the epoch budget (default ``cfg.epochs``): it shapes the schedule.
+        world_size: torchrun ranks: they set the global batch, the steps per epoch and so the schedule.
+
+    Returns:
+        A sha256 hex digest.
     """
     # Where and how it runs, and what is measured alongside (the monitor), do not change the result.
     d = cfg.model_dump(by_alias=True, exclude={"out_dir", "device", "num_threads", "monitor_every"})
@@ -58,7 +65,16 @@ def set_aside(path: Path, why: str) -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict | None:
-    """The checkpoint's state, or None when there is none or it was unreadable (then it is set aside)."""
+    """The checkpoint's state, or None when there is none or it was unreadable (then it is set aside).
+
+    Args:
+        path: the checkpoint file.
+        map_location: where its tensors are loaded.
+
+    Returns:
+        The state :class:`pipeline.engine.trainer.Trainer` saved: ``fingerprint``, ``epoch``, ``history``,
+        ``meta``, ``num_threads`` and the state dicts of the encoder, method, optimiser and scheduler.
+    """
     path = Path(path)
     if not path.exists():
         return None
@@ -74,8 +90,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def read_checkpoint_meta(path: str | Path) -> dict | None:
-    """The fingerprint, epochs done, their metrics and caller metadata of a checkpoint, or None when there
-    is none."""
+    """A checkpoint's ``fingerprint``, ``epoch`` (done), ``history`` (their metrics), ``meta`` (the
+    caller's) and ``num_threads``, without its weights; None when there is none."""
     state = load_checkpoint(path)
     if state is None:
         return None
@@ -84,5 +100,6 @@ def read_checkpoint_meta(path: str | Path) -> dict | None:
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
+    """Write ``state`` to ``path`` atomically (a crash mid-write leaves the previous checkpoint)."""
     with atomic_path(path) as tmp:
         torch.save(state, tmp)

@@ -24,6 +24,8 @@ TOP5 = 5
 
 @dataclass
 class ProbeResult:
+    """The linear probe's outcome: the weight decay chosen on validation and its accuracies (shares)."""
+
     weight_decay: float  # the one chosen on validation
     val_top1: float
     val_top5: float
@@ -41,7 +43,7 @@ def _check_labels(name: str, labels: torch.Tensor, num_classes: int) -> None:
 
 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
-    """Share of rows whose label is among the k largest logits (k clipped to the class count)."""
+    """The share of rows of (N, C) ``logits`` whose label is among the k largest (k clipped to C); NaN for N = 0."""
     if labels.numel() == 0:
         return float("nan")
     k = min(k, logits.shape[-1])
@@ -50,7 +52,7 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
 
 
 def standardize(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
-    """Scale by the training mean and std; a constant feature gets std 1 rather than a division by ~0."""
+    """``train`` and ``others`` scaled by the training mean and std (a constant feature gets std 1)."""
     mean = train.mean(dim=0, keepdim=True)
     std = train.std(dim=0, keepdim=True, unbiased=False)
     std = torch.where(std > 1e-6, std, torch.ones_like(std))
@@ -60,7 +62,22 @@ def standardize(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor
 def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
                  test_x: torch.Tensor | None, test_y: torch.Tensor | None, num_classes: int,
                  cfg: ProbeConfig, seed: int = 0) -> ProbeResult:
-    """Train one classifier per ``cfg.weight_decays`` on train, pick the best on val, report val and test."""
+    """Train one classifier per ``cfg.weight_decays`` on train, pick the best on val, report val and test.
+
+    Args:
+        train_x, train_y: (N, d) features and (N,) labels to train on.
+        val_x, val_y: the validation features and labels, which choose the weight decay.
+        test_x, test_y: the test features and labels, or None.
+        num_classes: the label range.
+        cfg: ``evaluate.probe``.
+        seed: the batch order's seed.
+
+    Returns:
+        The chosen decay, val (and test) top-1/top-5, the test predictions, val top-1 per decay.
+
+    Raises:
+        ValueError: no weight decay, empty train or val, or labels out of range.
+    """
     start = time.perf_counter()
     if not cfg.weight_decays:
         raise ValueError("evaluate.probe.weight_decays must list at least one value")

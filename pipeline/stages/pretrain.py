@@ -20,7 +20,7 @@ from pipeline.config import Params, PretrainConfig, flat_params
 from pipeline.data.format import load_manifest, load_split
 from pipeline.engine.checkpoint import CHECKPOINT, fingerprint, read_checkpoint_meta
 from pipeline.engine.distributed import DistContext
-from pipeline.engine.monitor import Monitor, collapse_warning, write_curves
+from pipeline.engine.monitor import Monitor, write_curves
 from pipeline.engine.trainer import TrainResult, check_input, train
 from pipeline.io import write_metrics
 from pipeline.models.encoder import ENCODER_FILE, Encoder, save_encoder
@@ -42,24 +42,23 @@ class PretrainOutcome:
 
 
 class CollapseTag:
-    """An epoch callback that tags the run (:data:`COLLAPSE_TAG`) at the first epoch whose curves collapse.
+    """An epoch callback that tags the run (:data:`COLLAPSE_TAG`) once its monitor has seen a collapse.
 
     Args:
         run_id: the MLflow run.
         client: the tracking client.
-        n_images: the images the monitor measures RankMe on.
+        monitor: the run's monitor.
     """
 
-    def __init__(self, run_id: str, client: MlflowClient, n_images: int) -> None:
-        self.run_id, self.client, self.n_images = run_id, client, n_images
+    def __init__(self, run_id: str, client: MlflowClient, monitor: Monitor) -> None:
+        self.run_id, self.client, self.monitor = run_id, client, monitor
         self.tagged = False
 
     def __call__(self, epoch: int, metrics: dict[str, float], encoder: Encoder) -> None:
-        why = None if self.tagged else collapse_warning(metrics, self.n_images, encoder.projection_dim)
-        if why is None:
+        if self.tagged or self.monitor.warning is None:
             return
         try:
-            self.client.set_tag(self.run_id, COLLAPSE_TAG, f"epoch {epoch}: {why}")
+            self.client.set_tag(self.run_id, COLLAPSE_TAG, self.monitor.warning)
             self.tagged = True
         except UNREACHABLE as exc:  # training goes on; the next collapsed epoch tries again
             log.warning("could not tag run %s with the collapse warning (%s)", self.run_id, type(exc).__name__)
@@ -148,8 +147,8 @@ def pretrain_and_log(params: Params, cfg: PretrainConfig, out_dir: str | Path, *
         if prev is not None and run_id is not None:
             _relog_unlogged_epochs(epoch_logger, prev["history"])
         # Curves on the validation split the evaluate stage carves (its seed is the params', not the run's).
-        monitor = Monitor.for_training(train_split, params.evaluate, params.seed, cfg.epochs, cfg.monitor_every)
-        collapse = CollapseTag(run.info.run_id, epoch_logger.client, len(monitor.images))
+        monitor = Monitor.for_training(train_split, cfg, params.evaluate, params.seed)
+        collapse = CollapseTag(run.info.run_id, epoch_logger.client, monitor)
         result = train(cfg, images, seed=seed, out_dir=out_dir, callbacks=[epoch_logger, collapse],
                        progress=progress, meta={"run_id": run.info.run_id}, dist=dist, data_digest=digest,
                        monitor=monitor)

@@ -87,8 +87,9 @@ class Objective:
         t, ev, data = self.params.tune, self.params.evaluate, self.data
         cfg = trial_pretrain_config(self.params.pretrain, choice, t.epochs)
         # RankMe curves only: the trial measures validation kNN itself (below).
-        runs = {s: Trainer(cfg, data.fit.images, seed=s, epochs=t.epochs, progress=False, monitor=Monitor.for_training(
-            data.fit, ev, self.params.seed, t.epochs, None, with_knn=False)) for s in t.seeds}
+        runs = {s: Trainer(cfg, data.fit.images, seed=s, epochs=t.epochs, progress=False,
+                           monitor=Monitor.for_training(data.fit, cfg, ev, self.params.seed, with_knn=False))
+                for s in t.seeds}
         reports: dict[int, dict[str, float]] = {}
         for epoch in range(1, t.epochs + 1):
             for s, run in runs.items():
