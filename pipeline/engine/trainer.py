@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from pipeline.config import MIN_INPUT_SIDE, AugmentConfig, PretrainConfig
 from pipeline.data.preprocess import InputSpec, channel_stats, to_model_input
 from pipeline.device import autocast_dtype, resolve_device
-from pipeline.engine.augment import SimCLRAugment
+from pipeline.engine.augment import ViewAugmentation
 from pipeline.engine.checkpoint import CHECKPOINT, fingerprint, load_checkpoint, save_checkpoint
 from pipeline.engine.distributed import DistContext
 from pipeline.engine.feeding import Feeder, epoch_generator, make_feeder
@@ -122,7 +122,7 @@ class TwoViews:
     """
 
     def __init__(self, configs: tuple[AugmentConfig, AugmentConfig], size: int, channels_last: bool) -> None:
-        self.augments = [SimCLRAugment(a, size) for a in configs]
+        self.augments = [ViewAugmentation(a, size) for a in configs]
         self.channels_last = channels_last
 
     def __call__(self, x: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
