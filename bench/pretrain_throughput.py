@@ -40,7 +40,7 @@ from torchvision.transforms import v2
 from pipeline.config import AugmentConfig, PretrainConfig, load_params
 from pipeline.data.preprocess import to_model_input
 from pipeline.device import resolve_device
-from pipeline.engine.augment import SimCLRAugment, blur_kernel_size
+from pipeline.engine.augment import ViewAugmentation, blur_kernel_size
 from pipeline.engine.distributed import DistContext
 from pipeline.engine.optim import build_optimizer
 from pipeline.engine.trainer import build_encoder, train
@@ -78,7 +78,7 @@ def augment_img_s(cfg: PretrainConfig, images: np.ndarray, device: torch.device,
     """The project's two views of a batch, alone (uint8 -> float on the device, then both views)."""
     data = torch.from_numpy(images).to(device)
     size = cfg.image_size or images.shape[1]
-    view = SimCLRAugment(cfg.augment, size)
+    view = ViewAugmentation(cfg.augment, size)
     g = torch.Generator(device=device).manual_seed(0)
     b = min(cfg.batch_size, len(images))
     for _ in range(2):  # warm-up
@@ -98,7 +98,7 @@ def augment_img_s(cfg: PretrainConfig, images: np.ndarray, device: torch.device,
 
 
 def torchvision_views(aug: AugmentConfig, size: int) -> v2.Compose:
-    """The same recipe as ``pipeline.engine.augment.SimCLRAugment``, as torchvision v2 per image."""
+    """The same recipe as ``pipeline.engine.augment.ViewAugmentation``, as torchvision v2 per image."""
     ops: list = [v2.RandomResizedCrop(size, scale=aug.crop_scale, ratio=aug.crop_ratio, antialias=True)]
     if aug.hflip_prob > 0:
         ops.append(v2.RandomHorizontalFlip(aug.hflip_prob))

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from pipeline import tracking
 from pipeline.cli import stage_main
 from pipeline.config import EvaluateConfig, Params, ProbeConfig, load_params
-from pipeline.data.arrays import Dataset, Split, save_dataset
+from pipeline.data.format import Dataset, Split, save_dataset
 from pipeline.data.preprocess import InputSpec
 from pipeline.evaluation import (
     dims_for_share,

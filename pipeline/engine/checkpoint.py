@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from pipeline.config import PretrainConfig
+from pipeline.data.shards import ImageArray
 from pipeline.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ _UNREADABLE = (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeErro
                AttributeError, TypeError, OSError)
 
 
-def fingerprint(cfg: PretrainConfig, images: np.ndarray | str, seed: int, epochs: int | None = None,
+def fingerprint(cfg: PretrainConfig, images: ImageArray | str, seed: int, epochs: int | None = None,
                 world_size: int = 1) -> str:
     """What a checkpoint must match to be resumed: everything that changes the result.
 

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import EvaluateConfig, PretrainConfig
-from pipeline.data.arrays import Split
+from pipeline.data.format import Split
+from pipeline.data.shards import ImageArray
 from pipeline.data.splits import train_val_split
 from pipeline.evaluation.features import Features, extract_features
 from pipeline.evaluation.knn import knn_accuracy
@@ -180,7 +181,7 @@ class Monitor:
         out[SECONDS] = time.perf_counter() - start
         return out
 
-    def _features(self, encoder: Encoder, images: np.ndarray, device: torch.device) -> Features:
+    def _features(self, encoder: Encoder, images: ImageArray, device: torch.device) -> Features:
         return extract_features(encoder, images, self.batch_size, device)
 
 

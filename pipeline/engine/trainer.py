@@ -17,18 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from pipeline.config import MIN_INPUT_SIDE, AugmentConfig, PretrainConfig
 from pipeline.data.preprocess import InputSpec, channel_stats, to_model_input
+from pipeline.data.shards import ImageArray
 from pipeline.device import autocast_dtype, resolve_device
-from pipeline.engine.augment import SimCLRAugment
+from pipeline.engine.augment import ViewAugmentation
 from pipeline.engine.checkpoint import CHECKPOINT, fingerprint, load_checkpoint, save_checkpoint
 from pipeline.engine.distributed import DistContext
-from pipeline.engine.feeding import Feeder, make_feeder
+from pipeline.engine.feeding import Feeder, epoch_generator, make_feeder
 from pipeline.engine.monitor import Monitor
 from pipeline.engine.optim import build_optimizer, warmup_cosine
 from pipeline.methods import Method, build_method
@@ -87,7 +87,7 @@ def check_input(cfg: PretrainConfig, shape: tuple[int, ...]) -> None:
                          f"backbone can take ({low}); set pretrain.image_size to {low} or more to resize them")
 
 
-def build_encoder(cfg: PretrainConfig, images: np.ndarray) -> Encoder:
+def build_encoder(cfg: PretrainConfig, images: ImageArray) -> Encoder:
     """The encoder for this config and data.
 
     Args:
@@ -112,13 +112,6 @@ def build_encoder(cfg: PretrainConfig, images: np.ndarray) -> Encoder:
     return Encoder(spec)
 
 
-def epoch_generator(device: torch.device, seed: int, epoch: int, rank: int = 0) -> torch.Generator:
-    """The generator of one epoch's order and augmentations, seeded by (seed, epoch, rank)."""
-    g = torch.Generator(device=device)
-    g.manual_seed(seed * 1_000_003 + epoch + rank * 7_919_993)
-    return g
-
-
 class TwoViews:
     """A method's two augmentations of a batch, in the memory format the model takes.
 
@@ -129,7 +122,7 @@ class TwoViews:
     """
 
     def __init__(self, configs: tuple[AugmentConfig, AugmentConfig], size: int, channels_last: bool) -> None:
-        self.augments = [SimCLRAugment(a, size) for a in configs]
+        self.augments = [ViewAugmentation(a, size) for a in configs]
         self.channels_last = channels_last
 
     def __call__(self, x: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -214,7 +207,7 @@ def train_one_epoch(s: TrainSetup, epoch: int) -> dict[str, float]:
             "img_per_s": images / seconds, "epoch_seconds": seconds, **s.reg.epoch_metrics(s.encoder.head)}
 
 
-def _set_up(cfg: PretrainConfig, images: np.ndarray, seed: int, epochs: int, dist: DistContext) -> TrainSetup:
+def _set_up(cfg: PretrainConfig, images: ImageArray, seed: int, epochs: int, dist: DistContext) -> TrainSetup:
     device = dist.device if dist.enabled else resolve_device(cfg.device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -246,7 +239,7 @@ def _set_up(cfg: PretrainConfig, images: np.ndarray, seed: int, epochs: int, dis
         reg=SparseHead(sh, method.penalised_modules(sh.include_predictor)),
         optimizer=optimizer, scheduler=scheduler,
         views=TwoViews(method.view_configs(cfg.augment), encoder.spec.input.image_size, channels_last),
-        feeder=make_feeder(images, cfg.data, device, seed), dist=dist, device=device,
+        feeder=make_feeder(images, cfg.data, device, seed, epochs), dist=dist, device=device,
         amp=autocast_dtype(device, cfg.precision), seed=seed, batch_size=batch_size,
         steps_per_epoch=steps_per_epoch, total_steps=epochs * steps_per_epoch, method_params=method_params)
 
@@ -296,7 +289,7 @@ class Trainer:
         ValueError: images the model cannot take, or too few for a batch.
     """
 
-    def __init__(self, cfg: PretrainConfig, images: np.ndarray, *, seed: int = 0, out_dir: str | Path | None = None,
+    def __init__(self, cfg: PretrainConfig, images: ImageArray, *, seed: int = 0, out_dir: str | Path | None = None,
                  epochs: int | None = None, resume: bool = True, progress: bool = True,
                  dist: DistContext | None = None, meta: dict[str, Any] | None = None,
                  data_digest: str | None = None, monitor: Monitor | None = None) -> None:
@@ -396,7 +389,7 @@ class Trainer:
                            history=self.history, resumed_from=self.resumed_from, method=s.method)
 
 
-def train(cfg: PretrainConfig, images: np.ndarray, *, callbacks: Sequence[EpochCallback] = (), seed: int = 0,
+def train(cfg: PretrainConfig, images: ImageArray, *, callbacks: Sequence[EpochCallback] = (), seed: int = 0,
           out_dir: str | Path | None = None, epochs: int | None = None, resume: bool = True,
           progress: bool = True, dist: DistContext | None = None, meta: dict[str, Any] | None = None,
           data_digest: str | None = None, monitor: Monitor | None = None) -> TrainResult:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from pipeline.data.preprocess import to_model_input
+from pipeline.data.shards import ImageArray
 from pipeline.models import Encoder
 
 
@@ -36,7 +36,7 @@ class Features:
         raise ValueError(f"feature level must be 'backbone' or 'projection', got {name!r}")
 
 
-def extract_features(encoder: Encoder, images: np.ndarray, batch_size: int = 512,
+def extract_features(encoder: Encoder, images: ImageArray, batch_size: int = 512,
                      device: torch.device | str = "cpu", progress: bool = False,
                      desc: str = "features") -> Features:
     """h and z of images, in eval mode, restoring the encoder's mode afterwards.

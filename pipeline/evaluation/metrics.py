@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from pipeline.config import EvaluateConfig
-from pipeline.data.arrays import Split
+from pipeline.data.format import Split
 from pipeline.evaluation.features import Features, extract_features
 from pipeline.evaluation.knn import knn_accuracy
 from pipeline.evaluation.probe import linear_probe

@@ -15,8 +15,7 @@ import torch
 
 from pipeline import tracking
 from pipeline.config import Params
-from pipeline.data.arrays import load_manifest
-from pipeline.data.shards import open_dataset
+from pipeline.data.format import load_dataset, load_manifest
 from pipeline.data.splits import train_val_split
 from pipeline.device import resolve_device
 from pipeline.evaluation.metrics import evaluate_encoder
@@ -53,7 +52,7 @@ def run_evaluation(params: Params, model_dir: str | Path, metrics_path: str | Pa
     # Fail before the work, not after it, when the run to log into is unknown.
     run_id = tracking.read_run_id(model_dir / tracking.RUN_ID_FILE)
     data_dir = Path(params.prepare.out_dir)
-    ds = open_dataset(data_dir)  # memory-mapped when prepare sharded the set
+    ds = load_dataset(data_dir)  # memory-mapped when prepare sharded the set
     manifest = load_manifest(data_dir)
     encoder, extra = load_encoder(model_dir / ENCODER_FILE)
     channels = encoder.spec.input.channels

@@ -17,8 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import tracking
 from pipeline.config import Params, PretrainConfig, flat_params
-from pipeline.data.arrays import load_manifest
-from pipeline.data.shards import open_split
+from pipeline.data.format import load_manifest, load_split
 from pipeline.engine.checkpoint import CHECKPOINT, fingerprint, read_checkpoint_meta
 from pipeline.engine.distributed import DistContext
 from pipeline.engine.monitor import Monitor, write_curves
@@ -101,7 +100,7 @@ def pretrain_and_log(params: Params, cfg: PretrainConfig, out_dir: str | Path, *
     seed = params.seed if seed is None else seed
     data_dir = params.prepare.out_dir
     manifest = load_manifest(data_dir)
-    train_split = open_split(data_dir, "train", manifest)  # memory-mapped when prepare sharded the set
+    train_split = load_split(data_dir, "train", manifest)  # memory-mapped when prepare sharded the set
     images = train_split.images
     check_input(cfg, images.shape)  # before a run is started for nothing
     digest = str(manifest["sha256"]["train"])  # stands for the images in checkpoint fingerprints

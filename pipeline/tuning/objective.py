@@ -24,8 +24,7 @@ import torch
 
 from pipeline import tracking
 from pipeline.config import Params
-from pipeline.data.arrays import Split, load_manifest
-from pipeline.data.shards import open_split
+from pipeline.data.format import Split, load_manifest, load_split
 from pipeline.data.splits import train_val_split
 from pipeline.device import resolve_device
 from pipeline.engine.monitor import Monitor
@@ -55,7 +54,7 @@ class TuneData:
     def load(cls, params: Params) -> TuneData:
         data_dir = params.prepare.out_dir
         manifest = load_manifest(data_dir)
-        fit, val = train_val_split(open_split(data_dir, "train", manifest), params.evaluate.val_fraction, params.seed)
+        fit, val = train_val_split(load_split(data_dir, "train", manifest), params.evaluate.val_fraction, params.seed)
         if len(val) == 0:
             raise ValueError(f"evaluate.val_fraction {params.evaluate.val_fraction} leaves no validation "
                              f"images in {data_dir}")
