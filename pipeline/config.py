@@ -169,11 +169,16 @@ class SSLConfig(_Section):
         return method_class(name).params_model()
 
 
+# SparseHead's regulariser forms and update rules (pipeline/sparsehead.py): the one list of each.
+SparseHeadForm = Literal["l1", "group", "activation"]
+SparseHeadUpdate = Literal["gradient", "proximal"]
+
+
 class SparseHeadConfig(_Section):
-    form: Literal["l1", "group", "activation"] = "l1"
+    form: SparseHeadForm = "l1"
     lam: float = Field(1e-3, ge=0.0, alias="lambda")
     # gradient: lambda * R in the loss; proximal: soft-threshold after each optimiser step (exact zeros)
-    update: Literal["gradient", "proximal"] = "gradient"
+    update: SparseHeadUpdate = "gradient"
     include_predictor: bool = False  # BYOL / SimSiam: penalise the predictor's Linear layers too (l1)
 
 
@@ -200,8 +205,10 @@ class OptimConfig(_Section):
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     weight_decay: float = Field(5e-4, ge=0.0)
     warmup_epochs: int = Field(2, ge=0)
-    eta: float = Field(1e-3, gt=0.0)  # LARS trust coefficient (SimCLR's, lightly's, timm's, solo-learn's)
-    lars_clip: bool = False  # LARS: trust ratio / lr capped at 1 (solo-learn's clip_lr, on in its CIFAR recipes)
+    # LARS trust coefficient: SimCLR's 0.001 (also lightly's and timm's default); solo-learn's CIFAR
+    # configurations use 0.02 with lars_clip
+    eta: float = Field(1e-3, gt=0.0)
+    lars_clip: bool = False  # LARS: trust ratio / lr capped at 1 (solo-learn's clip_lr)
     # SGD: torch's fused kernel (one launch for all parameters); LARS (custom, per-parameter trust
     # ratios) ignores it and stays unfused
     fused: bool = False
@@ -234,6 +241,9 @@ class PretrainConfig(_Section):
     sync_batchnorm: bool | None = None
     data: DataFeedConfig = Field(default_factory=DataFeedConfig)
     compile: bool = False  # torch.compile the encoder (pays on a GPU for long runs; compiles for minutes)
+    # Epochs between the validation kNN points of the quality curves (pipeline/engine/monitor.py); None:
+    # about five points per run. RankMe of h and z is measured every epoch whatever this says.
+    monitor_every: int | None = Field(None, gt=0)
     out_dir: str = "models/pretrain"
 
     @model_validator(mode="after")
@@ -277,8 +287,8 @@ class TuneConfig(_Section):
     timeout_s: float | None = None
     lambda_low: float = Field(1e-5, gt=0.0)
     lambda_high: float = Field(1e-1, gt=0.0)
-    forms: list[Literal["l1", "group", "activation"]] = Field(default_factory=lambda: ["l1"])
-    updates: list[Literal["gradient", "proximal"]] = Field(default_factory=lambda: ["gradient"])
+    forms: list[SparseHeadForm] = Field(["l1"])  # pydantic copies a mutable default for each instance
+    updates: list[SparseHeadUpdate] = Field(["gradient"])
     methods: list[str] | None = None  # None: pretrain.ssl.method only; more than one: searched, each its baseline
     # Every trial (the baseline too) trains once per seed: each seed gives a paired difference
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
