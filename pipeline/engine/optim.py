@@ -98,7 +98,8 @@ def _param_groups(params: list[nn.Parameter], weight_decay: float, lars: bool) -
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, batch_size: int,
-                    extra: list[nn.Parameter] | None = None, default_lr: float = 0.3) -> torch.optim.Optimizer:
+                    extra: list[nn.Parameter] | None = None, default_lr: float = 0.3,
+                    extra_lr_scale: float = 1.0) -> torch.optim.Optimizer:
     """SGD or LARS over ``model``'s parameters and ``extra`` ones (a method's predictor, say).
 
     Args:
@@ -107,20 +108,23 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, batch_size: int,
         batch_size: the global batch, for the linear scaling rule.
         extra: parameters beyond ``model``'s.
         default_lr: the SSL method's base rate, used when ``cfg.lr`` is None.
+        extra_lr_scale: the rate of ``extra`` as a multiple of ``model``'s (a predictor's, say).
 
     Returns:
-        The optimiser: weight matrices in its first group (with weight decay and, under LARS, the trust
-        ratio), biases and norm parameters in the second. The base rate is for a batch of 256 and scales
-        linearly with ``batch_size``.
+        The optimiser: ``model``'s weight matrices in its first group (with weight decay and, under LARS,
+        the trust ratio), its biases and norm parameters in the second, ``extra``'s the same way in a third
+        and fourth. The base rate is for a batch of 256 and scales linearly with ``batch_size``.
     """
     lr = (cfg.lr if cfg.lr is not None else default_lr) * batch_size / 256  # the linear scaling rule
-    params = [*model.parameters(), *(extra or [])]
-    if cfg.name == "lars":
-        return LARS(_param_groups(params, cfg.weight_decay, True), lr=lr, momentum=cfg.momentum,
-                    weight_decay=cfg.weight_decay, eta=cfg.eta, clip=cfg.lars_clip)
+    lars = cfg.name == "lars"
+    groups = _param_groups(list(model.parameters()), cfg.weight_decay, lars)
+    if extra:  # the schedule multiplies each group's own rate, so the scale holds throughout
+        groups += [{**g, "lr": lr * extra_lr_scale} for g in _param_groups(extra, cfg.weight_decay, lars)]
+    if lars:
+        return LARS(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, eta=cfg.eta,
+                    clip=cfg.lars_clip)
     # fused: one kernel for every parameter's update (CUDA and CPU); None keeps torch's default (foreach).
-    return torch.optim.SGD(_param_groups(params, cfg.weight_decay, False), lr=lr, momentum=cfg.momentum,
-                           fused=cfg.fused or None)
+    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, fused=cfg.fused or None)
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:

@@ -230,7 +230,7 @@ def _set_up(cfg: PretrainConfig, images: ImageArray, seed: int, epochs: int, dis
         online = cast(nn.Module, torch.compile(online))  # the state stays in `encoder`: checkpoints keep their keys
     method_params = list(method.trainable_parameters())
     optimizer = build_optimizer(encoder, cfg.optim, batch_size * dist.world_size, default_lr=method.default_lr,
-                                extra=method_params)
+                                extra=method_params, extra_lr_scale=method.lr_scale)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(epochs * steps_per_epoch, cfg.optim.warmup_epochs * steps_per_epoch))
     sh = cfg.sparsehead

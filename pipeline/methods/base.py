@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from pipeline.config import AugmentConfig, MethodParams
 from pipeline.engine.distributed import DistContext, gather_with_grad
+from pipeline.methods.predictor import PredictorParams
 from pipeline.models.encoder import Encoder
 
 # The online network as the loop hands it to a method: images -> (backbone h, projection z). Under DDP it
@@ -141,6 +142,12 @@ class Method(nn.Module, Generic[P]):
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         """The parameters beyond the encoder's that the optimiser steps (a predictor's, say)."""
         return (p for p in self.parameters() if p.requires_grad)
+
+    @property
+    def lr_scale(self) -> float:
+        """The rate of :meth:`trainable_parameters` as a multiple of the encoder's: a predictor's
+        ``predictor_lr_scale`` (:class:`~pipeline.methods.predictor.PredictorParams`), else 1."""
+        return self.params.predictor_lr_scale if isinstance(self.params, PredictorParams) else 1.0
 
     def penalised_modules(self, include_predictor: bool) -> list[nn.Module]:
         """Modules besides the projection head whose Linear layers SparseHead's l1 form penalises.

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from pipeline.engine.distributed import DistContext
 from pipeline.methods.base import AsymmetricViewParams, Method, full_precision
 from pipeline.methods.momentum import MomentumParams, ema_update_, momentum_copy
-from pipeline.methods.predictor import PredictorMixin, build_predictor
+from pipeline.methods.predictor import PredictorMixin, PredictorParams, build_predictor
 from pipeline.methods.registry import register_method
 from pipeline.models.encoder import Encoder
 
@@ -34,16 +34,17 @@ class BYOLLoss(nn.Module):
         return normalized_mse(p1, t2) + normalized_mse(p2, t1)
 
 
-class BYOLParams(AsymmetricViewParams, MomentumParams):
-    """``pretrain.ssl.byol``."""
+class BYOLParams(AsymmetricViewParams, MomentumParams, PredictorParams):
+    """``pretrain.ssl.byol``: ``predictor_hidden_dim`` None is the head's last hidden width (BYOL's 4096-256
+    projector and 4096 predictor)."""
 
     # The target's momentum at the first step (the paper's 0.996 is for ImageNet; 0.99 is solo-learn's and
     # lightly's CIFAR choice), raised to final_momentum on a cosine schedule (the paper's 1)
     momentum: float = Field(0.99, ge=0.0, le=1.0)
     final_momentum: float | None = Field(1.0, ge=0.0, le=1.0)
-    # The predictor's hidden width; None: the head's last hidden width (BYOL's 4096-256 projector and
-    # 4096 predictor)
-    predictor_hidden_dim: int | None = Field(None, gt=0)
+    # Measured on the digits default: at 1 the projections collapse (0.915 test linear over 3 seeds), at 10
+    # they do not (0.955); README, "SSL methods"
+    predictor_lr_scale: float = Field(10.0, gt=0.0)
 
 
 @register_method

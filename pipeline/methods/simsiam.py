@@ -8,13 +8,11 @@ schedule.
 from __future__ import annotations
 
 import torch.nn.functional as F
-from pydantic import Field
 from torch import Tensor, nn
 
-from pipeline.config import MethodParams
 from pipeline.engine.distributed import DistContext
 from pipeline.methods.base import Method, full_precision
-from pipeline.methods.predictor import PredictorMixin, build_predictor
+from pipeline.methods.predictor import PredictorMixin, PredictorParams, build_predictor
 from pipeline.methods.registry import register_method
 from pipeline.models.encoder import Encoder
 
@@ -30,11 +28,9 @@ class SimSiamLoss(nn.Module):
         return -(d12 + d21) / 2
 
 
-class SimSiamParams(MethodParams):
-    """``pretrain.ssl.simsiam``."""
-
-    # The predictor's hidden width; None: a quarter of the head's output, the paper's 2048 -> 512 bottleneck
-    predictor_hidden_dim: int | None = Field(None, gt=0)
+class SimSiamParams(PredictorParams):
+    """``pretrain.ssl.simsiam``: ``predictor_hidden_dim`` None is a quarter of the head's output, the paper's
+    2048 -> 512 bottleneck."""
 
 
 @register_method

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import AugmentConfig, SparseHeadConfig
+from pipeline.config import AugmentConfig, OptimConfig, SparseHeadConfig
 from pipeline.engine.distributed import DistContext
+from pipeline.engine.optim import build_optimizer
 from pipeline.methods import BYOLLoss
 from pipeline.methods.byol import BYOLParams
 from pipeline.methods.momentum import MomentumParams, cosine_momentum, ema_update_
@@ -108,6 +109,23 @@ def test_views_predictor_and_penalised_modules():
     assert tiny_method("byol", predictor_hidden_dim=5)[1].predictor.linear_layers()[0].weight.shape == (5, 4)
     assert method.penalised_modules(False) == [] and method.penalised_modules(True) == [method.predictor]
     assert {id(p) for p in method.trainable_parameters()} == {id(p) for p in method.predictor.parameters()}
+
+
+def test_the_predictor_steps_at_its_own_rate():
+    encoder, method = tiny_method("byol")
+    assert method.lr_scale == 10.0 and tiny_method("byol", predictor_lr_scale=1.0)[1].lr_scale == 1.0
+    assert tiny_method("simclr")[1].lr_scale == 1.0
+    predictor = list(method.trainable_parameters())
+    opt = build_optimizer(encoder, OptimConfig(lr=0.2, momentum=0.0, weight_decay=0.0), 128, extra=predictor,
+                          extra_lr_scale=method.lr_scale)
+    # 0.2 per 256 images at 128: 0.1 for the encoder, 10 x that for the predictor (weights, then the rest).
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.1, 0.1, 1.0, 1.0])
+    assert {id(p) for g in opt.param_groups[2:] for p in g["params"]} == {id(p) for p in predictor}
+    w = method.predictor.linear_layers()[0].weight
+    before = w.detach().clone()
+    w.grad = torch.ones_like(w)
+    opt.step()
+    torch.testing.assert_close(w.detach(), before - 1.0)
 
 
 def test_include_predictor_adds_the_predictors_l1_to_the_penalty():
