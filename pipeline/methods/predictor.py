@@ -16,7 +16,7 @@ class PredictorParams(MethodParams):
     # The hidden width; None: the method's own default
     predictor_hidden_dim: int | None = Field(None, gt=0)
     # The predictor's rate as a multiple of the encoder's: a predictor that keeps up with the encoder keeps
-    # the projections from collapsing (README, "SSL methods": BYOL on digits, 0.915 at 1, 0.955 at 10)
+    # the projections from collapsing (README, "SSL methods"); each method sets its default
     predictor_lr_scale: float = Field(1.0, gt=0.0)
 
 
