@@ -47,9 +47,11 @@ def test_rejects_bad_shapes_and_uses_the_paper_views():
     with pytest.raises(ValueError, match="N > 1"):
         BarlowTwinsLoss()(torch.randn(1, 3), torch.randn(1, 3))
     _, method = tiny_method("barlow_twins", scale_loss=0.1)
-    assert (method.loss.lambda_offdiag, method.loss.scale) == (0.25, 0.1)  # auto: 1 / D for D = 4
+    assert (method.loss.lambda_offdiag, method.loss.scale) == (0.32, 0.1)  # auto: 0.02 x 64 / D for D = 4
     assert tiny_method("barlow_twins", lambda_offdiag=0.0051)[1].loss.lambda_offdiag == 0.0051
-    # auto: the published 0.0051 from 197 dimensions up (the paper's 8192, solo-learn's 2048), 1 / D below.
-    assert [offdiag_weight("auto", d) for d in (64, 197, 2048, 8192)] == [1 / 64, 0.0051, 0.0051, 0.0051]
+    # auto: the published 0.0051 from 251 dimensions up (the paper's 8192, solo-learn's 2048), 0.02 x 64 / D
+    # below (0.02 measured at the digits default's 64).
+    assert [offdiag_weight("auto", d) for d in (64, 128, 251, 2048, 8192)] == pytest.approx(
+        [0.02, 0.01, 0.0051, 0.0051, 0.0051])
     v1, v2 = method.view_configs(AugmentConfig())
     assert (v1.blur_prob, v2.blur_prob, v2.solarize_prob) == (0.0, 0.0, 0.2)  # 8 px: no blur (README)
