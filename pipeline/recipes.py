@@ -94,6 +94,7 @@ def dvc_flags(recipe: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line: print a recipe's flags, or run it (``--run``); an unknown recipe exits 2 with one line."""
     ap = argparse.ArgumentParser(prog="python -m pipeline.recipes", description=__doc__.splitlines()[0])
     ap.add_argument("dataset")
     ap.add_argument("method")
