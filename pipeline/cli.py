@@ -15,11 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.config import ConfigError, Params, load_params
-
-
-class StageError(RuntimeError):
-    """A problem with the stage's input that the user can fix; its message is the one line shown."""
-
+from pipeline.errors import StageError  # defined below the CLI, so that library code can raise it
 
 # Errors whose message already names the file and the problem: shown as one line, exit code 2.
 USER_ERRORS: tuple[type[BaseException], ...] = (StageError, ConfigError, FileNotFoundError, ValueError)

@@ -21,10 +21,11 @@ from pipeline.config import Params, load_params
 from pipeline.stages.tune import run as tune_body
 from pipeline.tracking.trials import PARENT_ATTR, PARENT_RUN_TAG, RUN_ATTR, STATE_TAG
 from pipeline.tuning.objective import SEED_VALUES_ATTR, VALUE_SD_ATTR
-from pipeline.tuning.report import TRIAL_COLUMNS, write_report
+from pipeline.tuning.report import write_report
 from pipeline.tuning.space import BASELINE_ATTR, LAMBDA_ATTR, METHOD_ATTR, study_name
 from pipeline.tuning.storage import open_storage
 from pipeline.tuning.study import WORKER_ATTR
+from pipeline.tuning.table import TRIAL_COLUMNS
 from pipeline.tuning.worker import run_tuning
 from tests.conftest import subprocess_env
 

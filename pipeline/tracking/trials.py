@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import mlflow
 import optuna
@@ -112,3 +113,22 @@ def mark_failed(run_id: str | None, reason: str) -> None:
         client.set_tag(run_id, STATE_TAG, "FAIL")
         client.set_tag(run_id, "error", reason)
         client.set_terminated(run_id, RUN_STATUS["FAIL"])
+
+
+def log_study_report(params: Params, run_id: str, metrics: dict[str, float], tags: dict[str, str],
+                     files: list[Path], artifact_dir: str = "tune") -> None:
+    """Log a study's report into its parent run: metrics, tags, and each file under ``artifact_dir``.
+
+    Args:
+        params: The pipeline's parameters (where MLflow is).
+        run_id: The study's parent run.
+        metrics: ``metrics/tune.json`` and the worker's timing.
+        tags: The choice and its reason (a value is cut to MLflow's 5000 characters).
+        files: The report's files.
+        artifact_dir: Their folder in the run.
+    """
+    with tracking.start_run(params.tracking, run_id=run_id):
+        tracking.log_metrics(metrics)
+        mlflow.set_tags({k: v[:5000] for k, v in tags.items()})
+        for path in files:
+            mlflow.log_artifact(str(path), artifact_path=artifact_dir)
