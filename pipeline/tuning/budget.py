@@ -1,9 +1,10 @@
 """The study's trial budget, exact across workers: a lock held from counting the trials to creating the next.
 
 Optuna's ``MaxTrialsCallback`` counts after each trial, so workers that ask at the same moment each create
-one. Measured (``python -m bench.tune_storage budget``: 3 workers, ``tune.n_trials`` 4, every budget
-state counted, 10 repeats): the study ended with 4 to 6 trials on SQLite (4 on a journal), and a rerun of
-a finished study added 3 more (one a worker) every time. :class:`BudgetGate` closes that window.
+one. Measured (``python -m bench.tune_storage budget``: 3 workers, ``tune.n_trials`` 4, the budget's states
+counted, 5 repeats): with ``MaxTrialsCallback`` the study ended with 4 or 5 trials on SQLite and 4 to 6 on a
+journal, and a rerun of the finished study added 3 (one a worker) every time; with :class:`BudgetGate`, 4
+and 4 every time.
 """
 
 from __future__ import annotations

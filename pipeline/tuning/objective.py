@@ -35,19 +35,6 @@ VALUE_SD_ATTR = "value_sd"
 SUMMARY_ATTRS = ("rankme_z", "rankme", "head_sparsity", "head_exact_zero_frac")
 
 
-def objective_resolution(n_seeds: int, n_val: int) -> float:
-    """The smallest non-zero difference between two objective values: ``1 / (n_seeds * n_val)``.
-
-    A seed's value is an accuracy, k / n_val for k images right; the objective is its mean over the seeds, so
-    two values differ by a whole number of these steps, or by float rounding when their totals are equal.
-
-    Args:
-        n_seeds: Seeds per trial (``tune.seeds``).
-        n_val: Validation images.
-    """
-    return 1.0 / (n_seeds * n_val)
-
-
 @dataclass
 class TuneData:
     """What every trial trains and is scored on, loaded once per worker.

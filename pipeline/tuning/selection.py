@@ -64,6 +64,19 @@ class Selection:
     reason: str
 
 
+def objective_resolution(n_seeds: int, n_val: int) -> float:
+    """The smallest non-zero difference between two objective values: ``1 / (n_seeds * n_val)``.
+
+    A seed's value is an accuracy, k / n_val for k images right; the objective is its mean over the seeds, so
+    two values differ by a whole number of these steps, or by float rounding when their totals are equal.
+
+    Args:
+        n_seeds: Seeds per trial (``tune.seeds``).
+        n_val: Validation images.
+    """
+    return 1.0 / (n_seeds * n_val)
+
+
 def is_tie(gap: PairedGap, resolution: float) -> bool:
     """Whether ``gap`` is float rounding rather than images: its mean is under half the objective's step.
 
@@ -81,7 +94,7 @@ def select(rule: str, best_is_baseline: bool, gap: PairedGap | None, resolution:
             gap's 95% interval lies above zero.
         best_is_baseline: The best trial is the baseline itself.
         gap: The best trial against its baseline; None when no baseline completed.
-        resolution: The objective's step (:func:`~pipeline.tuning.objective.objective_resolution`): a gap
+        resolution: The objective's step (:func:`objective_resolution`): a gap
             within it is a tie, and a tie keeps lambda = 0, the simpler model, under either rule.
 
     Raises:

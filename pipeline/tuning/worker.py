@@ -22,8 +22,9 @@ from pipeline.config import Params, TuneConfig
 from pipeline.errors import StageError
 from pipeline.tracking.trials import ensure_parent_run, parent_run
 from pipeline.tuning.budget import BudgetGate, BudgetLock
-from pipeline.tuning.objective import Objective, TuneData, objective_resolution
+from pipeline.tuning.objective import Objective, TuneData
 from pipeline.tuning.recovery import RetryStaleTrial, fail_orphans, fail_stale
+from pipeline.tuning.selection import objective_resolution
 from pipeline.tuning.space import SearchSpace, enqueue_baselines, study_name
 from pipeline.tuning.storage import TRANSIENT, configured_url, open_storage, redact, storage_url
 from pipeline.tuning.study import Counts, build_sampler, count_trials, open_study, trial_seed
@@ -43,7 +44,7 @@ class TuneOutcome:
         ran: Trials this worker finished (complete, pruned or failed).
         seconds: This worker's wall time.
         resolution: The smallest non-zero difference of two objective values
-            (:func:`~pipeline.tuning.objective.objective_resolution`).
+            (:func:`~pipeline.tuning.selection.objective_resolution`).
     """
 
     study: optuna.Study
