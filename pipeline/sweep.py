@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from pipeline.config import Params, load_params
-from pipeline.data.arrays import load_dataset
+from pipeline.data.format import load_dataset
 from pipeline.data.splits import train_val_split
 from pipeline.device import resolve_device
 from pipeline.engine.trainer import train

@@ -1,13 +1,13 @@
-"""One trial: pretrain its configuration once per seed of ``tune.seeds`` in lockstep, score each on the
-validation split (never test), report the mean to the pruner every ``tune.eval_every`` epochs, and return the
-mean over seeds. Each seed's value is kept on the trial, so the report can pair it with its baseline.
+"""One trial: pretrain its configuration once per seed of ``tune.seeds`` (one :class:`Trainer` a seed, in
+lockstep), score each on the validation split (never test), report the mean to the pruner every
+``tune.eval_every`` epochs, and return the mean over seeds. Each seed's value is kept on the trial, so the
+report can pair it with its baseline.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Generator
 from dataclasses import dataclass
 
 import mlflow
@@ -16,11 +16,11 @@ import torch
 
 from pipeline import tracking
 from pipeline.config import Params
-from pipeline.data.arrays import Split, load_manifest
-from pipeline.data.shards import open_split
+from pipeline.data.format import Split, load_manifest, load_split
 from pipeline.data.splits import train_val_split
 from pipeline.device import resolve_device
-from pipeline.engine.trainer import EpochDone, TrainResult, train_epochs
+from pipeline.engine.monitor import Monitor
+from pipeline.engine.trainer import Trainer
 from pipeline.evaluation import knn_score, validation_report
 from pipeline.tracking.datasets import log_dataset_input
 from pipeline.tracking.trials import trial_run
@@ -62,7 +62,7 @@ class TuneData:
         """
         data_dir = params.prepare.out_dir
         manifest = load_manifest(data_dir)
-        fit, val = train_val_split(open_split(data_dir, "train", manifest), params.evaluate.val_fraction, params.seed)
+        fit, val = train_val_split(load_split(data_dir, "train", manifest), params.evaluate.val_fraction, params.seed)
         if len(val) == 0:
             raise ValueError(f"evaluate.val_fraction {params.evaluate.val_fraction} leaves no validation "
                              f"images in {data_dir}")
@@ -105,22 +105,23 @@ class Objective:
     def _run(self, trial: optuna.Trial, choice: TrialChoice) -> float:
         t, ev, data = self.params.tune, self.params.evaluate, self.data
         cfg = trial_pretrain_config(self.params.pretrain, choice, t.epochs)
-        runs = {s: train_epochs(cfg, data.fit.images, seed=s, epochs=t.epochs, progress=False) for s in t.seeds}
-        last: dict[int, EpochDone] = {}
+        # RankMe curves only: the trial measures validation kNN itself (below).
+        runs = {s: Trainer(cfg, data.fit.images, seed=s, epochs=t.epochs, progress=False,
+                           monitor=Monitor.for_training(data.fit, cfg, ev, self.params.seed, with_knn=False))
+                for s in t.seeds}
         reports: dict[int, dict[str, float]] = {}
         for epoch in range(1, t.epochs + 1):
             for s, run in runs.items():
-                last[s] = next(run)
-                tracking.log_metrics(last[s].metrics, step=epoch, prefix=f"seed{s}.")
+                tracking.log_metrics(run.train_epoch(), step=epoch, prefix=f"seed{s}.")
             if epoch % t.eval_every and epoch != t.epochs:
                 continue
             if epoch == t.epochs:  # the full report once, from the same features as the last kNN
-                reports = {s: validation_report(done.encoder, data.fit, data.val, data.num_classes, ev,
-                                                data.device, s, t.objective) for s, done in last.items()}
+                reports = {s: validation_report(run.encoder, data.fit, data.val, data.num_classes, ev,
+                                                data.device, s, t.objective) for s, run in runs.items()}
                 scores = {s: rep["knn"] for s, rep in reports.items()}
             else:
-                scores = {s: knn_score(done.encoder, data.fit, data.val, ev, data.device, data.num_classes)
-                          for s, done in last.items()}
+                scores = {s: knn_score(run.encoder, data.fit, data.val, ev, data.device, data.num_classes)
+                          for s, run in runs.items()}
             score = statistics.fmean(scores.values())
             tracking.log_metrics({VAL_KNN: score, **{f"{VAL_KNN}.seed{s}": v for s, v in scores.items()}},
                                  step=epoch)
@@ -129,8 +130,6 @@ class Objective:
             if not choice.baseline and epoch != t.epochs and retry_transient(
                     trial.should_prune, "should_prune", t.storage_retry_s):
                 raise optuna.TrialPruned(f"mean {VAL_KNN} {score:.4f} at epoch {epoch}")
-        for run in runs.values():
-            _finish(run)
         values = {s: rep[t.objective] for s, rep in reports.items()}
         bad = [s for s, v in values.items() if not math.isfinite(v)]
         if bad:
@@ -148,15 +147,6 @@ class Objective:
                               **{f"objective_value.seed{s}": v for s, v in values.items()},
                               **summary}, step=t.epochs)
         return value
-
-
-def _finish(run: Generator[EpochDone, None, TrainResult]) -> TrainResult:
-    """Drain a lockstep run whose last epoch was already yielded, returning its TrainResult."""
-    try:
-        next(run)
-    except StopIteration as stop:
-        return stop.value
-    raise RuntimeError("a tuning run yielded more epochs than tune.epochs")
 
 
 def _run_params(trial: optuna.Trial, choice: TrialChoice, params: Params) -> dict[str, object]:
