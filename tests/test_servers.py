@@ -109,8 +109,8 @@ def _worker(workdir: Path, env: dict[str, str]) -> subprocess.Popen:
 
 def test_three_workers_on_postgres_one_killed_mid_trial(prepared_dir, postgres, mlflow_server):
     workdir, n = prepared_dir, 4
-    # Trials long enough to be caught running (20 epochs, a kNN report at the end only).
-    _write(workdir, server_params("server-killed", n_trials=n, epochs=20, eval_every=20))
+    # Trials long enough to be caught running (10 epochs, a kNN report at the end only).
+    _write(workdir, server_params("server-killed", n_trials=n, epochs=10, eval_every=10))
     url = postgres.create_database("killed_study")
     open_storage(url)  # the schema, before anyone polls it (the workers create theirs under their lock)
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.url, "OPTUNA_STORAGE": url,
