@@ -126,11 +126,11 @@ def run_tuning(params: Params, *, progress: bool = True,
     with lock:
         storage = open_storage(url, t, on_stale=retry)
         study = open_study(name, storage, t, pruner)
+        parent_id = ensure_parent_run(study, params, shown, sha)  # first: it points MLflow at its store
         check_dead, heartbeat = _dead_worker_check(storage, retry)
         check_dead(study)
         if t.enqueue_baseline:
             enqueue_baselines(study, space)
-        parent_id = ensure_parent_run(study, params, shown, sha)
 
     start = time.perf_counter()
     deadline = None if t.timeout_s is None else time.monotonic() + t.timeout_s
