@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run cifar10 test lint serve bench remote push pull postgres
+.PHONY: setup run cifar10 test lint serve bench remote push pull postgres gpu-check
 
 # pip takes torch==2.14.1 / torchvision==0.29.1 from this machine's disk; the stamp re-runs the install
 # only when pyproject.toml changes.
@@ -78,3 +78,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/augment.py
 	$(BIN)/python bench/evaluate.py
 	$(BIN)/python bench/serve.py --seconds 5
+
+# The GPU run prepared to the minute (README "The GPU check"): CUDA tests, throughput against a DataLoader
+# pipeline and the measured bf16 peak, each GPU setting, a learning proxy; one table, raw figures in
+# $(OUT)/gpu_check.json; 8 minutes at most on one H200. DRY=1: every step at tiny sizes on the CPU (the test
+# suite runs it). BIN=/some/env/bin uses an environment the machine brings (no set-up then).
+OUT ?= gpu-check
+gpu-check: $(if $(filter $(VENV)/bin,$(BIN)),$(STAMP))
+	$(BIN)/python bench/gpu_check.py --out $(OUT) $(if $(DRY),--dry)
