@@ -14,7 +14,7 @@ from tests.cuda.common import images, small_cfg
 
 
 def main(out: str) -> None:
-    torch.use_deterministic_algorithms(True)
+    torch.use_deterministic_algorithms(True, warn_only=True)  # as tests/cuda/conftest.py's fixture
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     ctx = DistContext.from_env()

@@ -46,11 +46,13 @@ def test_bf16_autocast_loss_is_within_tolerance_of_fp32(method):
     assert abs(out.loss.item() - fp32.item()) <= BF16_RTOL * abs(fp32.item()) + BF16_ATOL
 
 
-def test_bf16_training_is_within_tolerance_of_fp32():
-    data = images(256)
-    runs = [train(recipe_cfg(precision=p), data, seed=0, progress=False).history for p in ("fp32", "bf16")]
+@pytest.mark.parametrize("form", ["l1", "group", "activation"])  # activation: the penalty reads z (bf16)
+def test_a_bf16_epoch_is_within_tolerance_of_fp32(form):
+    data = images(128)
+    runs = [train(recipe_cfg(precision=p, epochs=1, sparsehead={"form": form, "lambda": 1e-3}), data, seed=0,
+                  progress=False).history for p in ("fp32", "bf16")]
     for a, b in zip(*runs, strict=True):
-        for key in ("loss_total", "loss_ssl"):
+        for key in ("loss_total", "loss_ssl", "sparse_reg"):
             assert abs(b[key] - a[key]) <= BF16_RTOL * abs(a[key]) + BF16_ATOL, (key, a[key], b[key])
 
 
@@ -71,7 +73,11 @@ def test_an_fp32_step_on_cuda_matches_the_same_step_on_the_cpu(exact_fp32):
         loss.backward()
         losses.append(loss.item())
         grads.append([p.grad.detach().cpu() for p in enc.parameters()])
-    # fp32 on both sides: only the order of float additions differs.
+    # fp32 on both sides: only the order of float additions differs. Gradients that are sums with heavy
+    # cancellation (a batch-norm bias) carry that to about 1e-3 of their own size, so each tensor is held
+    # to 1e-2 of its norm, and all of them together to 1e-4.
     assert losses[1] == pytest.approx(losses[0], rel=1e-5)
     for a, b in zip(*grads, strict=True):
-        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-5 * float(a.abs().max()) + 1e-8)
+        assert float((b - a).norm()) <= 1e-2 * float(a.norm()) + 1e-12
+    ga, gb = torch.cat([g.reshape(-1) for g in grads[0]]), torch.cat([g.reshape(-1) for g in grads[1]])
+    assert float((gb - ga).norm()) <= 1e-4 * float(ga.norm())

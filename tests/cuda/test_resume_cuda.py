@@ -1,6 +1,6 @@
-"""A checkpoint written on CUDA, resumed on CUDA: bit-identical with deterministic kernels; within a
-stated tolerance with cuDNN's defaults (its backward kernels accumulate with atomics, in an order that
-changes from run to run, so even two uninterrupted runs differ in the last bits)."""
+"""A checkpoint written on CUDA, resumed on CUDA: bit-identical with deterministic kernels; with cuDNN's
+defaults, no further from an uninterrupted run than a second uninterrupted run is (its backward kernels
+accumulate with atomics, in an order that changes from run to run)."""
 
 from __future__ import annotations
 
@@ -34,11 +34,17 @@ def test_resume_on_cuda_is_bit_identical_with_deterministic_kernels(tmp_path, de
         assert torch.equal(a, b)
 
 
-def test_resume_on_cuda_with_default_kernels_is_within_tolerance(tmp_path):
-    # The default (what `pretrain` runs): atomics in cuDNN's backward make the last bits vary, and three
-    # epochs of SGD carry them along; 1e-3 of the loss bounds that, and still fails a resume that lost
-    # the optimiser's momentum or the schedule (a change of several percent).
-    whole, resumed = _interrupted_and_whole(tmp_path, small_cfg(epochs=3), images(256, side=16))
-    for a, b in zip(whole.history, resumed.history, strict=True):
-        assert b["loss_total"] == pytest.approx(a["loss_total"], rel=1e-3)
-        assert b["lr"] == a["lr"]
+def test_resume_on_cuda_with_default_kernels_differs_no_more_than_two_whole_runs(tmp_path):
+    # The default (what `pretrain` runs): atomics in cuDNN's backward make the last bits vary from run to
+    # run, and SGD carries them along. The tolerance is measured, not guessed: a resumed run may differ
+    # from an uninterrupted one by what a second uninterrupted run differs (x10, + 1e-6), no more.
+    cfg, data = small_cfg(epochs=3), images(256, side=16)
+    whole, resumed = _interrupted_and_whole(tmp_path, cfg, data)
+    again = train(cfg, data, seed=2, out_dir=tmp_path / "again", progress=False)
+
+    def gap(x, y) -> float:
+        return max(abs(b["loss_total"] - a["loss_total"]) / abs(a["loss_total"])
+                   for a, b in zip(x.history, y.history, strict=True))
+
+    assert gap(whole, resumed) <= 10 * gap(whole, again) + 1e-6
+    assert [h["lr"] for h in resumed.history] == [h["lr"] for h in whole.history]
