@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipeline.config import PretrainConfig
-from pipeline.engine.augment import SimCLRAugment as Augment  # noqa: F401 - re-exported for the tests
+from pipeline.engine.augment import ViewAugmentation as Augment  # noqa: F401 - re-exported for the tests
 
 # CUDA_TESTS_ON_CPU=1 runs every test on the CPU instead (CPU against CPU): it checks the tests' own code
 # where no GPU is lent, so that a GPU's minutes go to the GPU's answers.
