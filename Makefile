@@ -29,7 +29,7 @@ run: $(STAMP)
 CIFAR10 := -S prepare.source=cifar10 -S prepare.download=true \
 	-S pretrain.sparsehead.lambda=0.0001 -S tune.lambda_low=0.000001 -S tune.lambda_high=0.01 \
 	-S pretrain.backbone.name=resnet18 -S 'pretrain.head.hidden_dims=[2048]' -S pretrain.head.out_dim=128 \
-	-S pretrain.batch_size=512 -S pretrain.epochs=200 -S pretrain.ssl.temperature=0.2 \
+	-S pretrain.batch_size=512 -S pretrain.epochs=200 -S pretrain.ssl.simclr.temperature=0.2 \
 	-S pretrain.optim.name=lars -S pretrain.optim.lr=0.5 -S pretrain.optim.weight_decay=0.000001 \
 	-S pretrain.optim.warmup_epochs=10 -S 'pretrain.augment.crop_scale=[0.08,1.0]' \
 	-S pretrain.augment.hflip_prob=0.5 -S tune.epochs=30 -S tune.eval_every=10 -S tune.pruner_warmup_steps=10 \

@@ -113,12 +113,9 @@ def recipe_cfg(p: Profile, method: str, **over: Any) -> Any:
     from pipeline.config import load_params
 
     cfg = load_params(ROOT / "params.yaml").pretrain
-    recipe = recipe_overrides()
-    if method != recipe.get("ssl.method", cfg.ssl.method):
-        recipe = {k: v for k, v in recipe.items() if not k.startswith("ssl.")}  # another method's keys
-    recipe.pop("ssl.method", None)
-    # The section first, then the recipe's keys in it: a later "ssl" would reset them.
-    settings = {"ssl": {"method": method}, **recipe, "batch_size": p.batch, "device": p.device,
+    # Every method keeps its own section (pretrain.ssl.<method>.*): switching the method leaves the
+    # recipe's other settings as they are, as `-S pretrain.ssl.method=byol` on `make cifar10` would.
+    settings = {**recipe_overrides(), "ssl.method": method, "batch_size": p.batch, "device": p.device,
                 "precision": "bf16", "channels_last": True, "epochs": p.epochs, **p.net, **over}
     return with_(cfg, **settings)
 

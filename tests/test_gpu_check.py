@@ -26,7 +26,7 @@ def test_make_gpu_check_dry_runs_every_step_and_prints_the_table_last(tmp_path):
     # The CUDA tests: collected (one for each GPU path) and skipped on the CPU.
     tests = report["steps"]["cuda-tests"]["rows"]
     assert len(tests) >= 20 and {status for _, status, _ in tests} == {"SKIP"}
-    for path in ("bf16_autocast_loss", "bf16_training", "fp32_step_on_cuda", "channels_last", "fused_sgd",
+    for path in ("bf16_autocast_loss", "bf16_epoch", "fp32_step_on_cuda", "channels_last", "fused_sgd",
                  "compiled_step", "cuda_views", "pinned_chunks", "resume_on_cuda", "service_on_cuda", "nccl"):
         assert any(path in name for name, _, _ in tests), path
     figures = {name: step["figures"] for name, step in report["steps"].items()}
