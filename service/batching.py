@@ -24,18 +24,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.errors import ApiError
 from service.metrics import Metrics
 from service.model_store import ServedModel
 
 log = logging.getLogger(__name__)
-
-
-class QueueFull(RuntimeError):
-    """Too many images outstanding; the client should retry later (HTTP 429)."""
-
-
-class NotReady(RuntimeError):
-    """No model loaded yet (HTTP 503)."""
 
 
 @dataclass
@@ -85,7 +78,7 @@ class MicroBatcher:
         while self._queue:
             p = self._queue.popleft()
             if not p.future.done():
-                p.future.set_exception(NotReady("the service is shutting down"))
+                p.future.set_exception(ApiError(503, "shutting_down", "the service is shutting down", 5))
         # Off the loop: a forward pass still running must not freeze the shutdown of everything else.
         await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
 
@@ -99,7 +92,7 @@ class MicroBatcher:
         n = len(images)
         model = model if model is not None else self._model()
         if model is None:
-            raise NotReady("the model is not loaded yet")
+            raise ApiError(503, "not_ready", "the model is not loaded yet", 5)
         self.ensure_room(n)
         future = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(images, model, future, time.perf_counter()))
@@ -114,11 +107,11 @@ class MicroBatcher:
             raise
 
     def ensure_room(self, n: int) -> None:
-        """Raise :class:`QueueFull` unless ``n`` more images fit; also called before decoding, so a full
+        """Refuse (429 ``queue_full``) unless ``n`` more images fit; also called before decoding, so a full
         queue refuses a request before its images cost anything."""
         if self._outstanding + n > self.max_queue_images:
-            raise QueueFull(f"{self._outstanding} images are already waiting and this request adds {n} "
-                            f"(limit {self.max_queue_images}); retry later")
+            raise ApiError(429, "queue_full", f"{self._outstanding} images are already waiting and this request "
+                                              f"adds {n} (limit {self.max_queue_images}); retry later", 1)
 
     def _add_outstanding(self, n: int) -> None:
         self._outstanding += n

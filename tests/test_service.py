@@ -535,7 +535,7 @@ def test_reload_swaps_to_the_new_champion_without_failing_requests_in_flight(sto
         assert await asyncio.to_thread(gate.entered.wait, WAIT_S)
         queued = asyncio.create_task(c.post("/v1/embeddings", **payload))
         deadline = time.monotonic() + WAIT_S
-        while app.state.batcher.outstanding_images < 2 * len(store.images):  # the second one is queued
+        while app.state.wiring.batcher.outstanding_images < 2 * len(store.images):  # the second one is queued
             assert time.monotonic() < deadline
             await asyncio.sleep(0.005)
 
