@@ -85,7 +85,7 @@ def create_app(settings: Settings | None = None, loader: Loader = load_registere
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = ModelStore(settings.model_uri, settings.tracking_uri, settings.device, metrics, loader,
-                           reload_timeout_s=settings.reload_timeout_s)
+                           reload_timeout_s=settings.reload_timeout_s, freeze=settings.freeze_model)
         limits = DecodeLimits(settings.max_image_bytes, settings.max_image_pixels, settings.max_decode_pixels)
         decoder = RequestDecoder(settings.max_images_per_request, limits, settings.max_request_decode_pixels,
                                  DecodeBudget(settings.max_inflight_decode_pixels, metrics=metrics),
@@ -180,8 +180,8 @@ async def embeddings(request: Request) -> Response:
     decode_s = time.perf_counter() - decode_started
 
     parsed = decoded.parsed
-    out = await w.batcher.submit(decoded.images, served)
-    rows = out.h if parsed.layer == "backbone" else out.z
+    out = await w.batcher.submit(decoded.images, served, projection=parsed.layer == "projection")
+    rows = out.z if parsed.layer == "projection" and out.z is not None else out.h
     if parsed.normalize:
         rows = l2_normalize(rows)
     lm = out.model.loaded

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class BatchOutput:
     h: np.ndarray  # this request's rows only
-    z: np.ndarray
+    z: np.ndarray | None  # None when no request of the batch asked for the projection
     model: ServedModel  # the model that computed them (a reload may swap it for later batches)
     queue_ms: float
     inference_ms: float
@@ -45,6 +45,7 @@ class BatchOutput:
 class _Pending:
     images: np.ndarray
     model: ServedModel
+    projection: bool
     future: asyncio.Future
     enqueued: float
 
@@ -86,16 +87,17 @@ class MicroBatcher:
     def outstanding_images(self) -> int:
         return self._outstanding
 
-    async def submit(self, images: np.ndarray, model: ServedModel | None = None) -> BatchOutput:
+    async def submit(self, images: np.ndarray, model: ServedModel | None = None,
+                     projection: bool = True) -> BatchOutput:
         """Embed uint8 (N, S, S, C) images with ``model`` (the one they were decoded for; default: the
-        current one); returns both layers for this request's rows."""
+        current one); returns this request's rows of h, and of z when ``projection``."""
         n = len(images)
         model = model if model is not None else self._model()
         if model is None:
             raise ApiError(503, "not_ready", "the model is not loaded yet", 5)
         self.ensure_room(n)
         future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(images, model, future, time.perf_counter()))
+        self._queue.append(_Pending(images, model, projection, future, time.perf_counter()))
         self._queued_images += n
         self._add_outstanding(n)
         self._arrived.set()
@@ -170,7 +172,8 @@ class MicroBatcher:
             started = time.perf_counter()
             images = batch[0].images if len(batch) == 1 else np.concatenate([p.images for p in batch])
             loop = asyncio.get_running_loop()
-            h, z = await loop.run_in_executor(self._executor, self._forward, model, images)
+            projection = any(p.projection for p in batch)
+            h, z = await loop.run_in_executor(self._executor, self._forward, model, images, projection)
             inference_s = time.perf_counter() - started
             if self.metrics:
                 self.metrics.batch_size.observe(total)
@@ -182,8 +185,8 @@ class MicroBatcher:
                 if self.metrics:
                     self.metrics.queue_time.observe(queue_s)
                 if not p.future.done():
-                    p.future.set_result(BatchOutput(h[row:row + n], z[row:row + n], model, queue_s * 1000,
-                                                    inference_s * 1000, total))
+                    p.future.set_result(BatchOutput(h[row:row + n], z[row:row + n] if z is not None else None,
+                                                    model, queue_s * 1000, inference_s * 1000, total))
                 row += n
         except Exception as exc:
             log.exception("forward pass over %d images failed", total)
@@ -194,9 +197,12 @@ class MicroBatcher:
             self._add_outstanding(-total)
             self._slots.release()
 
-    def _forward(self, model: ServedModel, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _forward(self, model: ServedModel, images: np.ndarray,
+                 projection: bool) -> tuple[np.ndarray, np.ndarray | None]:
         # A request larger than max_batch_size forms a batch of its own: run it in chunks.
         if len(images) <= self.max_batch_size:
-            return model.embed(images)
-        parts = [model.embed(images[i:i + self.max_batch_size]) for i in range(0, len(images), self.max_batch_size)]
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+            return model.embed(images, projection)
+        parts = [model.embed(images[i:i + self.max_batch_size], projection)
+                 for i in range(0, len(images), self.max_batch_size)]
+        zs = [p[1] for p in parts]
+        return np.concatenate([p[0] for p in parts]), np.concatenate(zs) if projection else None  # type: ignore[arg-type]

@@ -16,7 +16,6 @@ big images never queues in front of small requests. Every client mistake is an :
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import contextlib
 import math
@@ -43,6 +42,7 @@ MULTIPART = "multipart"
 FILE_FIELDS = ("files", "file", "images", "image")  # the multipart field names that carry images
 _FORM_FIELDS = tuple(f for f in EmbeddingForm.model_fields if f != "files")
 _WHITESPACE = str.maketrans("", "", " \t\r\n")
+_URLSAFE = str.maketrans("-_", "+/")
 # Work done on the event loop instead of a thread: a body this small, decoding to this few pixels,
 # costs less than the two thread hops it would take (bench/serve.py's 1-client figures).
 INLINE_BODY_BYTES = 16_384
@@ -251,9 +251,11 @@ def decode_base64(text: str, index: int, max_bytes: int) -> bytes:
     if len(text) // 4 * 3 > max_bytes + 3:
         raise ApiError(413, "image_too_large", f"image {index}: larger than the limit of {max_bytes} bytes",
                        index=index)
+    if "-" in text or "_" in text:  # URL-safe: the standard alphabet first
+        text = text.translate(_URLSAFE)
     try:
-        alt = b"-_" if ("-" in text or "_" in text) else None
-        data = base64.b64decode(text + "=" * (-len(text) % 4), altchars=alt, validate=True)
+        # strict_mode: only the alphabet and right padding, in C (base64's validate=True is a regex, 10x slower)
+        data = binascii.a2b_base64(text + "=" * (-len(text) % 4), strict_mode=True)
     except (binascii.Error, ValueError) as exc:
         raise ApiError(422, "invalid_image", f"image {index}: not valid base64 ({exc})", index=index) from exc
     if not data:

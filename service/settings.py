@@ -31,6 +31,9 @@ class Settings(ServeConfig):
     # served on a loopback address (anywhere else they answer 403, see service.admin).
     admin_token: str | None = None
     torch_threads: int | None = Field(None, gt=0)  # intra-op threads; applied by `python -m service` only
+    # Serve TorchScript-frozen graphs of the encoder (falling back to eager when they do not match it);
+    # see service.model_store.freeze_for_inference.
+    freeze_model: bool = True
     decode_workers: int = Field(min(4, os.cpu_count() or 1), gt=0)  # threads decoding images off the loop
     # Decode work, in decoded pixels (see service.decoding). max_image_pixels (params.yaml)
     # bounds what an image's header may claim; these bound what is really decoded: one image (a JPEG is

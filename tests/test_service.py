@@ -176,15 +176,15 @@ class Gate:
         self.open.clear()
 
     def wrap(self, loaded: LoadedModel) -> LoadedModel:
-        inner = loaded.encoder.forward_both
+        inner = loaded.encoder.forward
 
-        def forward_both(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def forward(x: torch.Tensor) -> torch.Tensor:
             self.entered.set()
             if not self.open.wait(WAIT_S):
                 raise TimeoutError("the test never opened the gate")
             return inner(x)
 
-        loaded.encoder.forward_both = forward_both  # an instance attribute shadows the method
+        loaded.encoder.forward = forward  # an instance attribute shadows the method
         return loaded
 
 
@@ -487,8 +487,10 @@ def test_concurrent_requests_are_batched_into_one_forward_pass(store):
 
 def test_past_the_queue_limit_requests_get_429_and_the_service_recovers(store):
     gate = Gate()
+    # freeze_model=False: the gate is in the eager forward, which a frozen graph would not call
     app = create_app(make_settings(store, max_queue_images=2, max_images_per_request=2, max_batch_size=1,
-                                   max_wait_ms=0), loader=lambda uri: gate.wrap(load_registered(uri)))
+                                   max_wait_ms=0, freeze_model=False),
+                     loader=lambda uri: gate.wrap(load_registered(uri)))
 
     async def body(c: httpx.AsyncClient) -> None:
         gate.close()
@@ -526,7 +528,7 @@ def test_reload_swaps_to_the_new_champion_without_failing_requests_in_flight(sto
         loaded = load_registered(u)
         return gate.wrap(loaded) if len(loads) == 1 else loaded  # only version 1 can be held
 
-    app = create_app(make_settings(store, model_uri=uri, max_wait_ms=0, workers=1), loader=loader)
+    app = create_app(make_settings(store, model_uri=uri, max_wait_ms=0, workers=1, freeze_model=False), loader=loader)
 
     async def body(c: httpx.AsyncClient) -> None:
         gate.close()
