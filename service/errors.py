@@ -72,6 +72,11 @@ class ApiError(Exception):
         return {"error": error}
 
 
+def _union_tag(part: object) -> bool:
+    """Whether a location part names a member of a union (pydantic reports each member's error)."""
+    return isinstance(part, str) and (part in ("str", "RawArray") or part.startswith(("list[", "union[")))
+
+
 def describe_validation_errors(errors: Sequence[Mapping]) -> tuple[str, int | None]:
     """Pydantic errors -> one readable message (at most three problems) and the first bad image's index.
 
@@ -81,14 +86,18 @@ def describe_validation_errors(errors: Sequence[Mapping]) -> tuple[str, int | No
     Returns:
         The message and the index of the first image at fault (None when no image is).
     """
+    located = [([p for p in err.get("loc", ()) if p not in ("body", "query") and not _union_tag(p)], err)
+               for err in errors]
+    # ``input`` is one image or a list: when the list's items are wrong, "not a string" says nothing more.
+    if any(len(loc) >= 2 and loc[0] == "input" and isinstance(loc[1], int) for loc, _ in located):
+        located = [(loc, err) for loc, err in located if loc != ["input"]]
     messages: list[str] = []
     index: int | None = None
-    for err in errors:
-        loc = [p for p in err.get("loc", ()) if p not in ("body", "query")]
+    for loc, err in located:
         if len(loc) >= 2 and loc[0] in ("images", "input") and isinstance(loc[1], int):
             index = loc[1] if index is None else index
-            rest = [str(p) for p in loc[2:] if p not in ("str", "RawArray")]
-            if err.get("type") in ("string_type", "model_type", "model_attributes_type"):
+            rest = [str(p) for p in loc[2:]]
+            if not rest and err.get("type") in ("string_type", "model_type", "model_attributes_type"):
                 msg = f"image {loc[1]}: expected a base64 string or a raw array object {{\"data\", \"shape\"}}"
             else:
                 msg = f"image {loc[1]}: {'.'.join(rest) + ': ' if rest else ''}{err.get('msg')}"

@@ -3,11 +3,11 @@ generated from these models, and :func:`embeddings_body` writes the answer strai
 
 from __future__ import annotations
 
-import base64
 from typing import Any, Literal
 
 import numpy as np
 import orjson
+import pybase64
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Layer = Literal["backbone", "projection"]
@@ -144,7 +144,7 @@ def embeddings_body(rows: np.ndarray, model: ModelRef | str, layer: str, encodin
         The UTF-8 JSON body of an :class:`EmbeddingResponse`.
     """
     rows = np.ascontiguousarray(rows, dtype="<f4")
-    items: list[Any] = ([base64.b64encode(r.tobytes()).decode("ascii") for r in rows]
+    items: list[Any] = ([pybase64.b64encode_as_string(r.tobytes()) for r in rows]
                         if encoding_format == "base64" else list(rows))
     payload = {
         "object": "list",
