@@ -380,6 +380,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=10.0, help="per server, mode, concurrency and repeat")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--warmup-s", type=float, default=3.0,
+                   help="unmeasured load on each server before each mode's figures (first-call costs)")
     p.add_argument("--service-env", nargs="*", default=[], metavar="KEY=VALUE",
                    help="extra environment for the service (SERVE_TORCH_THREADS=1, ...)")
     args = p.parse_args(argv)
@@ -433,6 +435,8 @@ def main(argv: list[str] | None = None) -> None:
             if len(targets) == 2:
                 diff = check_agreement(targets[0], targets[1])
                 print(f"\n[{mode}] same images, same features: max |service - mlflow| = {diff:.2e}")
+            for target in targets:  # first calls (allocations, lazy initialisation) are not the steady state
+                run_loop(drive(target, 8, args.warmup_s, k))
             results: dict[tuple[str, int], list[Result]] = {}
             batches: dict[tuple[str, int], list[float]] = {}
             cpu: dict[tuple[str, int], list[float]] = {}  # server + client pre-processing CPU ms per image

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,8 +28,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipeline.data.decode import FORMATS
-from pipeline.data.preprocess import InputSpec, to_model_input
+from pipeline.data.preprocess import InputSpec
 from pipeline.device import resolve_device
+from pipeline.embed import Embedder
 from pipeline.tracking.registry import METRIC_TAG_PREFIX, LoadedModel, load_registered, resolve_model_uri
 from service.errors import ApiError
 from service.metrics import Metrics
@@ -39,74 +39,20 @@ from service.schemas import ModelRef
 log = logging.getLogger(__name__)
 
 Loader = Callable[[str], LoadedModel]
-Forward = Callable[[torch.Tensor], torch.Tensor]
-# The frozen TorchScript graph (see freeze_for_inference); torch 2.x marks the API deprecated in favour of
-# torch.compile, which needs a C++ compiler at start-up that the Docker image does not carry.
-warnings.filterwarnings("ignore", message=r"`torch\.jit\.", category=FutureWarning)
-# How far a frozen graph may be from the eager model on the check batch before it is not used.
-FREEZE_TOLERANCE = 1e-5
-
-
-def freeze_for_inference(module: torch.nn.Module, example: torch.Tensor) -> Forward | None:
-    """``module`` traced and frozen by TorchScript (batch norm folded into the convolutions, weights
-    constant, no Python per layer), or None when it cannot be or does not match ``module`` to
-    :data:`FREEZE_TOLERANCE` on ``example``.
-
-    On the digits encoder a 1-image forward costs 2.8 times less CPU frozen than eager (README "The
-    embedding service"); the answers agree to 1e-9.
-
-    Args:
-        module: an eval-mode module whose forward takes one tensor; it is left untouched.
-        example: a batch of at least two inputs (a batch of one would pin the batch size).
-    """
-    try:
-        with torch.no_grad():
-            frozen = torch.jit.freeze(torch.jit.trace(module, example))
-            for x in (example, example[:1]):
-                got, want = frozen(x), module(x)
-                if got.shape != want.shape or float((got - want).abs().max()) > FREEZE_TOLERANCE:
-                    log.warning("the frozen graph of %s does not match it; serving it eager", type(module).__name__)
-                    return None
-    except Exception as exc:  # a module TorchScript cannot trace: eager is still right
-        log.warning("cannot freeze %s for inference (%s: %s); serving it eager", type(module).__name__,
-                    type(exc).__name__, exc)
-        return None
-    return frozen
 
 
 @dataclass
 class ServedModel:
-    """A loaded encoder on its device, as one version of the service serves it.
-
-    ``backbone`` (images in [0, 1] -> h, the encoder's own normalisation included) and ``head`` (h -> z)
-    are the encoder's modules, or their frozen graphs (:meth:`prepare`).
-    """
+    """A loaded encoder ready for inference on its device, as one version of the service serves it."""
 
     loaded: LoadedModel
-    device: torch.device
+    embedder: Embedder
     loaded_at: float = field(default_factory=time.time)
-    backbone: Forward | None = None
-    head: Forward | None = None
 
-    @classmethod
-    def prepare(cls, loaded: LoadedModel, device: torch.device, freeze: bool) -> ServedModel:
-        """Move the encoder to ``device`` in eval mode and, with ``freeze``, freeze both parts.
-
-        Args:
-            loaded: the registry's model.
-            device: where it runs.
-            freeze: use :func:`freeze_for_inference` (each part falls back to eager on its own).
-        """
-        enc = loaded.encoder.to(device).eval()
-        served = cls(loaded, device)
-        if freeze:
-            s = enc.spec.input
-            x = torch.rand(2, s.channels, s.image_size, s.image_size, device=device)
-            served.backbone = freeze_for_inference(enc, x)
-            with torch.no_grad():
-                h = enc(x)
-            served.head = freeze_for_inference(enc.head, h)
-        return served
+    @property
+    def device(self) -> torch.device:
+        """Where the encoder runs."""
+        return self.embedder.device
 
     @property
     def spec(self) -> InputSpec:
@@ -131,15 +77,8 @@ class ServedModel:
         return {"backbone": enc.feature_dim, "projection": enc.projection_dim}
 
     def embed(self, images: np.ndarray, projection: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-        """uint8 (N, S, S, C) -> float32 backbone h (N, feature_dim) and projection z (N, projection_dim),
-        z only with ``projection``; the computation of
-        :func:`pipeline.evaluation.features.extract_features` (to_model_input, the eval-mode encoder)."""
-        enc = self.loaded.encoder
-        with torch.inference_mode():
-            x = to_model_input(images, enc.spec.input, self.device)
-            h = (self.backbone or enc)(x)
-            z = (self.head or enc.head)(h) if projection else None
-            return h.float().cpu().numpy(), z.float().cpu().numpy() if z is not None else None
+        """uint8 (N, S, S, C) -> float32 h, and z with ``projection`` (:meth:`Embedder.embed`)."""
+        return self.embedder.embed(images, projection)
 
     def describe(self) -> dict[str, object]:
         """The model card of ``/v1/models``: version, run, lambda and form, data set, input, metrics."""
@@ -200,7 +139,7 @@ class ModelStore:
         metrics: reload outcomes and the served model's labels.
         loader: ``loader(uri) -> LoadedModel`` (tests pass one that blocks or wraps it).
         reload_timeout_s: a reload's default deadline.
-        freeze: serve frozen graphs of the encoder (:meth:`ServedModel.prepare`).
+        freeze: serve frozen graphs of the encoder (:class:`pipeline.embed.Embedder`).
     """
 
     def __init__(self, uri: str, tracking_uri: str, device: str = "cpu", metrics: Metrics | None = None,
@@ -251,7 +190,7 @@ class ModelStore:
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
         loaded = self._loader(self.uri)
-        served = ServedModel.prepare(loaded, self.device, self.freeze)
+        served = ServedModel(loaded, Embedder(loaded.encoder, self.device, self.freeze))
         # Warm-up: the first forward pays one-off allocations; pay them before taking traffic.
         s = served.spec
         served.embed(np.zeros((1, s.image_size, s.image_size, s.channels), dtype=np.uint8))

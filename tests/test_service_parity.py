@@ -23,6 +23,7 @@ from pipeline.config import Params, RegisterConfig
 from pipeline.data.arrays import load_dataset
 from pipeline.data.folder import scan_folder
 from pipeline.data.preprocess import InputSpec
+from pipeline.embed import main as embed_main
 from pipeline.evaluation.features import extract_features
 from pipeline.models import Encoder, EncoderSpec
 from pipeline.stages import prepare
@@ -124,3 +125,58 @@ def test_the_service_embeds_a_file_as_the_evaluation_embeds_what_prepare_stored(
         # the same through multipart uploads
         r = c.post("/v1/embeddings", files=[("files", (p.name, io.BytesIO(p.read_bytes()))) for p in paths[:8]])
         np.testing.assert_allclose(embeddings(r), want.h[:8].numpy(), atol=1e-5, rtol=0)
+
+
+def test_batch_embedding_of_a_folder_equals_the_service_and_lists_the_bad_file(store, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "many"
+    rng = np.random.default_rng(7)
+    for i in range(300):  # grey, colour and 16-bit files in nested folders
+        sub = root / f"part{i % 3}"
+        sub.mkdir(parents=True, exist_ok=True)
+        mode = ("L", "RGB", "I;16")[i % 3]
+        img = picture(mode, 1000 + i)[0] if mode != "RGB" else Image.fromarray(
+            rng.integers(0, 256, (SIDE + i % 5, SIDE, 3), dtype=np.uint8))  # some need a resize
+        img.save(sub / f"{i:03d}.png")
+    (root / "part1" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    (root / "notes.txt").write_text("not an image: skipped by its extension")
+    params = tmp_path / "params.yaml"
+    params.write_text(f"tracking:\n  tracking_uri: {store.tracking_uri}\n")
+    out = tmp_path / "emb" / "many.parquet"
+    cmd = [sys.executable, "-m", "pipeline.embed", str(root), "--out", str(out), "--model-uri", store.model_uri,
+           "--params", str(params), "--batch-size", "64"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"embed: skipped {root / 'part1' / 'broken.png'}: " in done.stderr
+    assert "embed: 300 images" in done.stdout and "1 file(s) skipped" in done.stdout
+
+    table = pq.read_table(out)
+    paths = [Path(p) for p in table.column("path").to_pylist()]
+    got = np.array(table.column("embedding").to_pylist(), dtype=np.float32)
+    assert len(paths) == 300 and paths == sorted(paths) and got.shape == (300, store.want.h.shape[1])
+    assert table.schema.metadata[b"model_version"] == b"1" and table.schema.metadata[b"layer"] == b"backbone"
+    with TestClient(create_app(make_settings(store))) as c:
+        wait_ready(c.get)
+        want = []
+        for lo in range(0, len(paths), 8):
+            files = [("files", (p.name, p.read_bytes())) for p in paths[lo:lo + 8]]
+            r = c.post("/v1/embeddings", files=files)
+            assert r.status_code == 200, r.text
+            want.append(embeddings(r))
+    np.testing.assert_allclose(got, np.concatenate(want), atol=1e-5, rtol=0)
+
+    # In this process: a file list into .npy beside its path list; a missing input is one line and exit 2.
+    listing = tmp_path / "list.txt"
+    listing.write_text("# five files\n" + "".join(f"{p}\n" for p in paths[:5]))
+    npy = tmp_path / "five.npy"
+    assert embed_main([str(listing), "--out", str(npy)] + cmd[6:]) == 0
+    np.testing.assert_allclose(np.load(npy), got[:5], atol=1e-6)
+    assert (tmp_path / "five.paths.txt").read_text().split() == [str(p) for p in paths[:5]]
+    capsys.readouterr()
+    assert embed_main([str(tmp_path / "nowhere"), "--out", str(npy)] + cmd[6:]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"embed: error: {tmp_path / 'nowhere'}: no such folder, file list or image"]
