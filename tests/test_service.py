@@ -8,6 +8,7 @@ import asyncio
 import base64
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -388,8 +389,24 @@ def test_openapi_documents_both_request_bodies(client):
     spec = client.get("/openapi.json").json()
     body = spec["paths"]["/v1/embeddings"]["post"]["requestBody"]["content"]
     assert set(body) == {"application/json", "multipart/form-data"}
-    assert "images" in spec["components"]["schemas"]["EmbeddingRequest"]["properties"]
-    assert "RawArray" in spec["components"]["schemas"]
+    schemas = spec["components"]["schemas"]
+    for ref in body.values():  # every reference resolves to a declared model
+        assert ref["schema"]["$ref"].rsplit("/", 1)[1] in schemas
+    assert {"images", "input", "model", "layer"} <= set(schemas["EmbeddingRequest"]["properties"])
+    assert {"files", "layer", "normalize"} <= set(schemas["EmbeddingForm"]["properties"])
+    assert "RawArray" in schemas
+
+
+def test_the_docs_pages_load_nothing_from_outside(client):
+    for page in ("/docs", "/redoc"):
+        html = client.get(page).text
+        urls = re.findall(r"""(?:src|href)=["']([^"']+)""", html) + re.findall(r"""url: ?["']([^"']+)""", html)
+        assert urls and all(u.startswith("/") for u in urls), urls  # served here, never from a CDN
+        for url in urls:
+            r = client.get(url)
+            assert r.status_code == 200 and len(r.content) > 100, url
+    js = client.get("/static-offline-docs/swagger-ui-bundle.js").text
+    assert "SwaggerUIBundle" in js  # Swagger UI 5: renders the OpenAPI 3.1 document FastAPI writes
 
 
 def test_metrics_count_requests_by_route_and_status(store):
