@@ -4,7 +4,8 @@ micro-batcher and the metrics together, and declares the routes.
 The lifespan starts loading the model in the background and returns at once, so ``/healthz`` answers
 from the first moment and ``/readyz`` says 503 until the model is in; everything bound to an event loop
 (locks, queues, thread pools) is created there, so an app can be started more than once. ``/docs`` and
-``/redoc`` are served with local assets (fastapi-offline), so they work offline.
+``/redoc`` are served with the Swagger UI and ReDoc files of the fastapi-offline package, so they work
+offline.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import importlib.resources
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -19,9 +21,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import Response
-from fastapi_offline import FastAPIOffline
+from fastapi.responses import HTMLResponse, Response
+from fastapi.staticfiles import StaticFiles
 from pydantic.json_schema import models_json_schema
 
 from pipeline.data.decode import DecodeLimits
@@ -108,12 +111,13 @@ def create_app(settings: Settings | None = None, loader: Loader = load_registere
             await batcher.stop()
             decoder.close()
 
-    app = FastAPIOffline(title=TITLE, version=VERSION, lifespan=lifespan,
-                         description="Image embeddings from the registered SparseHead encoder.")
+    app = FastAPI(title=TITLE, version=VERSION, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description="Image embeddings from the registered SparseHead encoder.")
     app.state.metrics = metrics
     install_error_handler(app, metrics)
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=lambda: app.routes)
-    app.include_router(router)
+    app.include_router(router)  # before the docs: routes are matched in order, the busy ones first
+    _add_docs(app)
 
     def openapi() -> dict[str, Any]:
         # The embeddings body is read by the route itself (JSON or multipart, bounded before parsing), so
@@ -129,6 +133,30 @@ def create_app(settings: Settings | None = None, loader: Loader = load_registere
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+DOCS_ASSETS = "/docs-assets"
+
+
+def _add_docs(app: FastAPI) -> None:
+    """``/docs`` (Swagger UI 5, which renders FastAPI's OpenAPI 3.1) and ``/redoc``, their scripts and
+    styles served from the fastapi-offline package's files: nothing is fetched from a CDN."""
+    assets = importlib.resources.files("fastapi_offline") / "static"
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(assets)), name="docs-assets")
+    openapi_url = app.openapi_url or "/openapi.json"
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=openapi_url, title=f"{app.title} - Swagger UI",
+                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png")
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url=openapi_url, title=f"{app.title} - ReDoc",
+                              redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
+                              redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png", with_google_fonts=False)
 
 
 # ------------------------------------------------------------------------------------------- routes

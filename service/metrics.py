@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -80,6 +81,8 @@ class MetricsMiddleware:
         self.app = app
         self.metrics = metrics
         self.routes = routes
+        # Each label set's counter and histogram, looked up once (prometheus_client's labels() takes a lock).
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def _template(self, scope: Scope) -> str:
         # FastAPI's own routes write themselves into the scope; plain Starlette ones (the OpenAPI
@@ -106,5 +109,10 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_with_status)
         finally:
             route = self._template(scope)
-            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
-            self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+            key = (route, scope["method"], status)
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = (self.metrics.requests.labels(route, key[1], str(status)),
+                                              self.metrics.latency.labels(route))
+            series[0].inc()
+            series[1].observe(time.perf_counter() - started)

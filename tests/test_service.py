@@ -405,7 +405,7 @@ def test_the_docs_pages_load_nothing_from_outside(client):
         for url in urls:
             r = client.get(url)
             assert r.status_code == 200 and len(r.content) > 100, url
-    js = client.get("/static-offline-docs/swagger-ui-bundle.js").text
+    js = client.get("/docs-assets/swagger-ui-bundle.js").text
     assert "SwaggerUIBundle" in js  # Swagger UI 5: renders the OpenAPI 3.1 document FastAPI writes
 
 
