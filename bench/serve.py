@@ -355,6 +355,23 @@ def targets_for(mode: str, spec: InputSpec, k: int, url: str, mlflow_url: str | 
     return targets
 
 
+def batch_embed_rate(files: list[bytes], model: LoadedModel, folder: Path, n: int) -> float:
+    """Images/s of python -m pipeline.embed's loop (decode threads, frozen encoder) over ``n`` copies of
+    ``files`` written to ``folder``: what the batch path costs per image, in this process."""
+    from pipeline.embed import Embedder, embed_files
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        path = folder / f"{i:06d}.img"  # the decoder reads the content, whatever the name
+        path.write_bytes(files[i % len(files)])
+        paths.append(path)
+    embedder = Embedder(model.encoder)
+    started_at = time.perf_counter()
+    done = sum(len(b.paths) for b in embed_files(paths, embedder))
+    return done / (time.perf_counter() - started_at)
+
+
 def spread(values: list[float], fmt: str) -> str:
     """The median of repeats, and their range when there are several."""
     med = float(np.median(values))
@@ -380,6 +397,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=10.0, help="per server, mode, concurrency and repeat")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--embed-files", type=int, default=2000,
+                   help="files for the batch-embedding figure per mode (0: skip it)")
     p.add_argument("--warmup-s", type=float, default=3.0,
                    help="unmeasured load on each server before each mode's figures (first-call costs)")
     p.add_argument("--service-env", nargs="*", default=[], metavar="KEY=VALUE",
@@ -468,6 +487,15 @@ def main(argv: list[str] | None = None) -> None:
                     f"{spread([a.images_per_s / max(b.images_per_s, 1e-9) for a, b in zip(results['service', c], results['mlflow', c], strict=True)], '.2f')}x"
                     for c in args.clients)
                 print(f"[{mode}] throughput ratio service/mlflow (median of the repeats' ratios): {ratios}")
+            if args.embed_files:
+                files = [png_file(im) for im in np.random.default_rng(1).integers(
+                    0, 256, (64, spec.image_size, spec.image_size, spec.channels), dtype=np.uint8)] \
+                    if mode == "png" else photo_files()
+                rates = [batch_embed_rate(files, model, logdir / f"embed-{mode}", args.embed_files)
+                         for _ in range(args.repeats)]
+                best = max(float(np.median([r.images_per_s for r in results["service", c]])) for c in args.clients)
+                print(f"[{mode}] batch embedding (pipeline.embed, {args.embed_files} files): "
+                      f"{spread(rates, '.1f')} images/s; the service at its best: {best:.1f} images/s")
 
 
 if __name__ == "__main__":
