@@ -271,6 +271,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
+    """The command's arguments (beside the stages' ``--params``)."""
     p.add_argument("inputs", nargs="+", help="folders (searched recursively), file lists (one path a line) "
                                              "or image files")
     p.add_argument("--out", required=True, help="output: .parquet (path, embedding) or .npy (+ .paths.txt)")

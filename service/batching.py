@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class BatchOutput:
+    """One request's share of a forward pass."""
+
     h: np.ndarray  # this request's rows only
     z: np.ndarray | None  # None when no request of the batch asked for the projection
     model: ServedModel  # the model that computed them (a reload may swap it for later batches)
@@ -51,6 +53,17 @@ class _Pending:
 
 
 class MicroBatcher:
+    """Concurrent requests' images in shared forward passes (see the module's docstring).
+
+    Args:
+        model: the current model, for requests that do not name theirs.
+        max_batch_size: images per forward pass (a larger request runs alone, in chunks).
+        max_wait_ms: how long the oldest request waits for others (0: batches only grow while a pass runs).
+        max_queue_images: images queued or in a running pass, past which requests are refused (429).
+        workers: threads running forward passes.
+        metrics: batch sizes, queue and inference times.
+    """
+
     def __init__(self, model: Callable[[], ServedModel | None], *, max_batch_size: int, max_wait_ms: float,
                  max_queue_images: int, workers: int, metrics: Metrics | None = None) -> None:
         self._model = model
@@ -68,9 +81,11 @@ class MicroBatcher:
         self._running: set[asyncio.Task] = set()
 
     async def start(self) -> None:
+        """Start the collector (in the running event loop)."""
         self._collector = asyncio.create_task(self._collect(), name="batch-collector")
 
     async def stop(self) -> None:
+        """Finish running passes, refuse what is queued (503), stop the threads."""
         if self._collector is not None:
             self._collector.cancel()
             await asyncio.gather(self._collector, return_exceptions=True)
@@ -85,6 +100,7 @@ class MicroBatcher:
 
     @property
     def outstanding_images(self) -> int:
+        """Images queued or in a running forward pass."""
         return self._outstanding
 
     async def submit(self, images: np.ndarray, model: ServedModel | None = None,

@@ -73,6 +73,7 @@ class ServedModel:
 
     @property
     def dimensions(self) -> dict[str, int]:
+        """Embedding sizes by layer."""
         enc = self.loaded.encoder
         return {"backbone": enc.feature_dim, "projection": enc.projection_dim}
 
@@ -124,6 +125,8 @@ def _number(v: object) -> object:
 
 @dataclass
 class ReloadResult:
+    """What a reload did: whether the served version changed, and the versions before and after."""
+
     changed: bool
     previous: str | None
     current: str | None
@@ -179,6 +182,7 @@ class ModelStore:
 
     @property
     def reloading(self) -> bool:
+        """Whether a load runs now."""
         return self._job is not None and not self._job.done()
 
     def close(self) -> None:

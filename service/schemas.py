@@ -72,18 +72,24 @@ class EmbeddingForm(BaseModel):
 
 
 class ModelRef(BaseModel):
+    """The model that computed an answer."""
+
     name: str | None
     version: str | None
     alias: str | None
 
 
 class Embedding(BaseModel):
+    """One image's embedding."""
+
     object: Literal["embedding"] = "embedding"
     index: int
     embedding: list[float] | str
 
 
 class Usage(BaseModel):
+    """OpenAI's token counts (images have none)."""
+
     prompt_tokens: int = 0
     total_tokens: int = 0
 
@@ -101,6 +107,8 @@ class EmbeddingResponse(BaseModel):
 
 
 class ErrorBody(BaseModel):
+    """An error's fields."""
+
     message: str
     type: str
     code: int
@@ -108,10 +116,14 @@ class ErrorBody(BaseModel):
 
 
 class ErrorResponse(BaseModel):
+    """Every error answer: ``{"error": {...}}``."""
+
     error: ErrorBody
 
 
 class ReloadResponse(BaseModel):
+    """The answer of ``POST /admin/reload``."""
+
     changed: bool
     previous: str | None
     current: str | None

@@ -43,6 +43,7 @@ class _Files:
     labels: np.ndarray  # int64, index into the class list
 
     def subset(self, idx: np.ndarray) -> _Files:
+        """The files at ``idx``, in that order."""
         return _Files([self.paths[i] for i in idx], self.labels[idx])
 
 
@@ -157,11 +158,25 @@ class FolderScan:
 
     @property
     def nbytes(self) -> int:
+        """The decoded set's size in bytes."""
         return (len(self.train.paths) + len(self.test.paths)) * int(np.prod(self.shape))
 
 
 def scan_folder(root: str | Path, image_size: int | None, test_fraction: float, seed: int,
                 progress: bool = False) -> FolderScan:
+    """List a folder and read every image's header (nothing is decoded): classes, split, shape.
+
+    Args:
+        root: ``root/<class>/<images>`` or ``root/train|test/<class>/<images>``.
+        image_size: the square side to resize to; None keeps the size, which must then be the same for all
+            (as a viewer shows them: EXIF orientation applied).
+        test_fraction: the held-out share without an official split.
+        seed: fixes that split.
+        progress: show a tqdm bar.
+
+    Raises:
+        DataError: one line naming the file or folder and the problem.
+    """
     root = Path(root).expanduser()
     if image_size is not None and image_size < 1:
         raise DataError(f"{root}: prepare.image_size must be a positive side length, got {image_size}")
@@ -240,4 +255,5 @@ def shard_folder(scan: FolderScan, out_dir: str | Path, shard_images: int, worke
 
 def load_folder(root: str | Path, image_size: int | None, test_fraction: float, seed: int,
                 progress: bool = False, workers: int | None = None) -> Dataset:
+    """:func:`scan_folder` then :func:`read_folder`: the whole folder decoded into memory."""
     return read_folder(scan_folder(root, image_size, test_fraction, seed, progress), workers, progress)
