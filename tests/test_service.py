@@ -359,6 +359,12 @@ BAD_INPUTS = {
                             422, ["multipart"], None),
     "multipart without boundary": ({"content": b"x", "headers": {"content-type": "multipart/form-data"}}, 422,
                                    ["boundary"], None),
+    "multipart boundary over 256 characters": ({"content": b"--" + b"b" * 300 + b"--\r\n", "headers": {
+        "content-type": "multipart/form-data; boundary=" + "b" * 300}}, 422, ["multipart", "256"], None),
+    "raw array shape of 2,200-digit integers": ({"content": b'{"images": [{"data": "AAAA", "shape": [' +
+                                                 b"9" * 2200 + b", " + b"9" * 2200 + b"]}]}",
+                                                 "headers": {"content-type": "application/json"}}, 422,
+                                                ["malformed JSON"], None),
 }
 
 
