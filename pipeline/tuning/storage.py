@@ -43,6 +43,7 @@ from optuna.storages.journal import JournalFileBackend
 from sqlalchemy import exc as sa_exc
 
 from pipeline.config import TuneConfig
+from pipeline.stores import project_location
 
 try:
     import fcntl
@@ -57,11 +58,12 @@ SQLITE_PREFIX = "sqlite:///"
 
 
 def storage_url(cfg: TuneConfig) -> str:
-    """The configured storage; ``OPTUNA_STORAGE`` overrides ``tune.storage``."""
+    """The configured storage; ``OPTUNA_STORAGE`` overrides ``tune.storage``. A relative SQLite or journal
+    file is the project's, wherever DVC runs the stage (:func:`pipeline.stores.project_location`)."""
     url = (os.environ.get(ENV_VAR) or cfg.storage).strip()
     if not url:
         raise ValueError(f"tune.storage (or {ENV_VAR}) is empty")
-    return url
+    return project_location(url)
 
 
 def local_file(url: str) -> Path | None:
