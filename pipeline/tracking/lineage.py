@@ -54,6 +54,7 @@ def run_name(what: str, *, method: str, lam: float, seed: int | str, form: str =
     Returns:
         The name.
     """
+    what = what.removesuffix(f" seed {seed}")  # "final seed 1": the seed is said once, at the end
     extra = "" if lam == 0 else "".join(f" {x}" for x, d in ((form, "l1"), (update, "gradient")) if x != d)
     return f"{what} {method} lambda {lam:g}{extra} seed {seed}"
 

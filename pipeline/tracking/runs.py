@@ -59,8 +59,8 @@ def setup(cfg: TrackingConfig, experiment: str | None = None) -> str:
     mlflow.set_registry_uri(uri)
     name = experiment or cfg.experiment
     bound_http_retries(cfg.http_retries, cfg.http_timeout_s)
-    client = MlflowClient()
     with opening(uri):  # another process may be creating the same new store: see .sqlite
+        client = MlflowClient()  # opens the store: MLflow creates or migrates its tables here
         exp = client.get_experiment_by_name(name)
         if exp is None:
             # A server decides its own artifact store; a local store's is the project's (see .location).
