@@ -8,6 +8,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.errors import UserError
+
 
 class _Section(BaseModel):
     # A typo in params.yaml must fail loudly rather than silently fall back to a default.
@@ -292,7 +294,7 @@ class Params(_Section):
         return v
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """params.yaml is missing, unreadable or holds a value of the wrong kind."""
 
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import torch
 
+from pipeline.errors import UserError
+
 
 def resolve_device(spec: str = "auto") -> torch.device:
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(spec)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {spec!r} requested but CUDA is not available")
+        raise UserError(f"device {spec!r} requested but CUDA is not available")
     return device
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pipeline.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError):
     """A data source that cannot be read; the message names the file and the problem in one line.
 
-    A ValueError so that stage entry points (``pipeline.cli``) show it as one line and exit 2.
+    A :class:`~pipeline.errors.UserError`, so stage entry points (``pipeline.cli``) show it as one line.
     """
 
 

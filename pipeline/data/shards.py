@@ -21,6 +21,7 @@ import numpy as np
 
 from pipeline.data.arrays import MANIFEST, REPREPARE, Dataset, Split, load_manifest, load_split
 from pipeline.data.errors import DataError, one_line
+from pipeline.errors import UserError
 
 SHARD_PATTERN = "shard-{:05d}.npy"
 LABELS = "labels.npy"
@@ -62,7 +63,7 @@ class ShardWriter:
 
     def add(self, images: np.ndarray) -> None:
         if images.dtype != np.uint8 or tuple(images.shape[1:]) != self.image_shape:
-            raise ValueError(f"{self.dir}: expected uint8 (n, {', '.join(map(str, self.image_shape))}) images, "
+            raise UserError(f"{self.dir}: expected uint8 (n, {', '.join(map(str, self.image_shape))}) images, "
                              f"got {images.dtype} {images.shape}")
         while len(images):
             take = min(len(images), self.shard_images - self.filled)
@@ -86,7 +87,7 @@ class ShardWriter:
         self._flush()
         labels = np.asarray(labels, dtype=np.int64)
         if labels.shape != (self.count,):
-            raise ValueError(f"{self.dir}: {labels.shape[0]} labels for {self.count} images")
+            raise UserError(f"{self.dir}: {labels.shape[0]} labels for {self.count} images")
         _save_npy(self.dir / LABELS, labels)
         return {"count": self.count, "image_shape": list(self.image_shape), "shard_images": self.shard_images,
                 "files": self.files, "labels": {"file": f"{self.split}/{LABELS}", "sha256": _sha256(labels)}}

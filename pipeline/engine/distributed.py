@@ -26,6 +26,8 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
+from pipeline.errors import UserError
+
 
 class _BothOutputs(nn.Module):
     """DDP hooks the module's forward: this one returns (h, z) so one call feeds loss and regulariser."""
@@ -76,7 +78,7 @@ class DistContext:
         """Whether to convert batch norm to SyncBatchNorm: ``pretrain.sync_batchnorm``, None = on GPUs."""
         on_gpu = self.device.type == "cuda"
         if wanted and self.enabled and not on_gpu:
-            raise ValueError("pretrain.sync_batchnorm: true needs GPU ranks (torch's SyncBatchNorm has no CPU "
+            raise UserError("pretrain.sync_batchnorm: true needs GPU ranks (torch's SyncBatchNorm has no CPU "
                              "kernel); set it to false or null for CPU (gloo) ranks")
         return self.enabled and (on_gpu if wanted is None else wanted)
 

@@ -30,6 +30,7 @@ from pipeline.engine.checkpoint import CHECKPOINT, fingerprint, load_checkpoint,
 from pipeline.engine.distributed import DistContext
 from pipeline.engine.feeding import make_feeder
 from pipeline.engine.optim import build_optimizer, warmup_cosine
+from pipeline.errors import UserError
 from pipeline.methods import Method, build_method
 from pipeline.models.encoder import Encoder, EncoderSpec
 from pipeline.sparsehead import SparseHeadRegularizer, head_stats
@@ -60,10 +61,10 @@ def check_input(cfg: PretrainConfig, shape: tuple[int, ...]) -> None:
     """Refuse (N, H, W, C) images the model cannot take as they are; callers check before any run starts."""
     _, h, w, _ = shape
     if h != w and cfg.image_size is None:
-        raise ValueError(f"images are {h}x{w}: non-square data needs pretrain.image_size")
+        raise UserError(f"images are {h}x{w}: non-square data needs pretrain.image_size")
     low = MIN_INPUT_SIDE[cfg.backbone.name]  # pretrain.image_size itself is checked when params load
     if cfg.image_size is None and h < low:
-        raise ValueError(f"the prepared images are {h}x{w}, below the smallest side the {cfg.backbone.name} "
+        raise UserError(f"the prepared images are {h}x{w}, below the smallest side the {cfg.backbone.name} "
                          f"backbone can take ({low}); set pretrain.image_size to {low} or more to resize them")
 
 
@@ -151,7 +152,7 @@ def train_epochs(cfg: PretrainConfig, images: np.ndarray, *, seed: int = 0, out_
     n = images.shape[0]
     batch_size = min(cfg.batch_size, n // dist.world_size)
     if batch_size < 2:
-        raise ValueError(f"{n} training images are too few for SSL batches")
+        raise UserError(f"{n} training images are too few for SSL batches")
     steps_per_epoch = n // (batch_size * dist.world_size)
     total_steps = epochs * steps_per_epoch
 
@@ -234,7 +235,7 @@ def train_epochs(cfg: PretrainConfig, images: np.ndarray, *, seed: int = 0, out_
             **head_stats(encoder.head),
         }
         if not math.isfinite(metrics["loss_total"]):  # a diverged run must not reach evaluation or the registry
-            raise ValueError(f"the loss is {metrics['loss_total']} at epoch {epoch + 1}: training diverged; "
+            raise UserError(f"the loss is {metrics['loss_total']} at epoch {epoch + 1}: training diverged; "
                              f"lower pretrain.optim.lr (vicreg with SGD on digits: 0.05)")
         history.append(metrics)
         if ckpt_path is not None and dist.is_main:

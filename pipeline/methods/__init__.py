@@ -6,6 +6,7 @@ Adding a method is one module here (its loss, its modules, its state) and one en
 from __future__ import annotations
 
 from pipeline.config import SSLConfig
+from pipeline.errors import UserError
 from pipeline.methods.barlow_twins import BarlowTwins, BarlowTwinsLoss
 from pipeline.methods.base import Method, StepOutput
 from pipeline.methods.byol import BYOL, BYOLLoss
@@ -25,6 +26,6 @@ def build_method(cfg: SSLConfig, encoder: Encoder) -> Method:
     try:
         cls = METHODS[cfg.method]
     except KeyError:
-        raise ValueError(f"pretrain.ssl.method: unknown method {cfg.method!r}; choose one of "
+        raise UserError(f"pretrain.ssl.method: unknown method {cfg.method!r}; choose one of "
                          f"{', '.join(METHODS)}") from None
     return cls(cfg, encoder)

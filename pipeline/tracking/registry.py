@@ -29,6 +29,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.types.schema import Schema, TensorSpec
 
 from pipeline.config import RegisterConfig
+from pipeline.errors import UserError
 from pipeline.models.encoder import ENCODER_FILE, Encoder, load_encoder, save_encoder
 
 log = logging.getLogger(__name__)
@@ -117,9 +118,9 @@ def _finite(value: object, what: str) -> float:
     try:
         v = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{what}: not a number ({value!r})") from exc
+        raise UserError(f"{what}: not a number ({value!r})") from exc
     if not math.isfinite(v):
-        raise ValueError(f"{what}: not finite ({v})")
+        raise UserError(f"{what}: not finite ({v})")
     return v
 
 
@@ -166,7 +167,7 @@ def register_encoder(model_uri: str, cfg: RegisterConfig, metrics: dict[str, flo
         ValueError: ``cfg.metric`` is missing from ``metrics`` or not a finite number.
     """
     if cfg.metric not in metrics:
-        raise ValueError(f"register.metric {cfg.metric!r} is not among the metrics given "
+        raise UserError(f"register.metric {cfg.metric!r} is not among the metrics given "
                          f"({', '.join(sorted(metrics)) or 'none'})")
     value = _finite(metrics[cfg.metric], f"metric {cfg.metric}")
     client = MlflowClient()
@@ -240,7 +241,7 @@ def resolve_model_uri(uri: str, client: MlflowClient) -> ResolvedModel:
     if uri.startswith("runs:/"):
         run_id = uri[len("runs:/"):].split("/", 1)[0]
         if not run_id:
-            raise ValueError(f"model uri {uri!r}: expected runs:/<run_id>/<path>")
+            raise UserError(f"model uri {uri!r}: expected runs:/<run_id>/<path>")
         return ResolvedModel(uri, run_id=run_id)
     if not uri.startswith("models:/"):
         return ResolvedModel(uri)  # a local directory or another artifact URI MLflow understands
@@ -253,12 +254,12 @@ def resolve_model_uri(uri: str, client: MlflowClient) -> ResolvedModel:
         if ref == "latest":
             versions = client.search_model_versions(f"name='{name}'")
             if not versions:
-                raise ValueError(f"model uri {uri!r}: no versions of {name!r} are registered")
+                raise UserError(f"model uri {uri!r}: no versions of {name!r} are registered")
             mv = max(versions, key=lambda v: int(v.version))
         elif ref.isdigit():
             mv = client.get_model_version(name, ref)
         else:
-            raise ValueError(f"model uri {uri!r}: expected models:/<name>/<version>, /latest or @<alias>")
+            raise UserError(f"model uri {uri!r}: expected models:/<name>/<version>, /latest or @<alias>")
         alias = None
     else:  # models:/<logged model id> (MLflow 3)
         logged = client.get_logged_model(rest)
@@ -275,20 +276,20 @@ def load_registered(uri: str) -> LoadedModel:
     try:
         res = resolve_model_uri(uri, client)
     except MlflowException as exc:
-        raise ValueError(f"model uri {uri!r}: {exc.message}") from exc
+        raise UserError(f"model uri {uri!r}: {exc.message}") from exc
     with tempfile.TemporaryDirectory(prefix="model-") as tmp:
         try:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=res.download_uri, dst_path=tmp))
         except MlflowException as exc:
-            raise ValueError(f"model uri {uri!r}: cannot download it ({exc.message})") from exc
+            raise UserError(f"model uri {uri!r}: cannot download it ({exc.message})") from exc
         mlmodel = local / "MLmodel"
         if not mlmodel.exists():
-            raise ValueError(f"model uri {uri!r}: no MLmodel file (not an MLflow model)")
+            raise UserError(f"model uri {uri!r}: no MLmodel file (not an MLflow model)")
         conf = yaml.safe_load(mlmodel.read_text()) or {}
         extra = (conf.get("flavors", {}).get("pytorch", {}) or {}).get("extra_files") or []
         paths = [local / e["path"] for e in extra if Path(e["path"]).name == ENCODER_FILE]
         if not paths or not paths[0].exists():
-            raise ValueError(f"model uri {uri!r}: no {ENCODER_FILE} in the model's extra files "
+            raise UserError(f"model uri {uri!r}: no {ENCODER_FILE} in the model's extra files "
                              "(log it with pipeline.tracking.registry.log_encoder_model)")
         encoder, _ = load_encoder(paths[0], map_location="cpu")
     return LoadedModel(encoder=encoder.eval(), name=res.name, version=res.version, alias=res.alias,

@@ -20,6 +20,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import TrackingConfig
+from pipeline.errors import UserError
 from pipeline.io import write_text
 from pipeline.stores import project_location
 from pipeline.tracking.lineage import lineage_tags
@@ -95,7 +96,7 @@ def read_run_id(path: str | Path) -> str:
         raise FileNotFoundError(f"{path}: run id file not found (run the stage that trains this model first)")
     run_id = path.read_text().strip()
     if not run_id:
-        raise ValueError(f"{path}: run id file is empty")
+        raise UserError(f"{path}: run id file is empty")
     return run_id
 
 
