@@ -38,10 +38,11 @@ restore:
 	git checkout HEAD -- params.yaml dvc.lock
 	$(BIN)/dvc checkout --force
 
-# Experiments side by side, with the columns a comparison needs (README, Experiments).
-EXP_COLUMNS := ^(Experiment|Created|State)$$|^pretrain\.(ssl\.method|sparsehead\.(lambda|form|update)|epochs)$$|^metrics/eval\.json:(test_linear_top1|test_knn20_top1|rankme_z|head_sparsity)$$|^(gap_mean|registered)$$
+# Experiments side by side in 160 columns: lambda, test linear top-1 and head sparsity (README, Experiments);
+# add columns with EXP_KEEP='<regex>' (a param such as pretrain.ssl.method, a metric such as rankme_z).
+EXP_COLUMNS := ^(Experiment|Created)$$|^pretrain\.sparsehead\.lambda$$|^metrics/eval\.json:(test_linear_top1|head_sparsity)$$
 exps:
-	@$(BIN)/dvc exp show --no-pager --drop '.*' --keep '$(EXP_COLUMNS)'
+	@$(BIN)/dvc exp show --no-pager --drop '.*' --keep '$(EXP_COLUMNS)$(if $(EXP_KEEP),|$(EXP_KEEP))'
 
 # Every plot of the workspace as one HTML page that needs no network (.dvc/plots.html inlines Vega).
 plots:

@@ -68,7 +68,7 @@ def env() -> dict[str, str]:
 
 def sh(cwd: Path, cmd: str, ok: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
     # make never re-installs here: `make baseline`, `restore` and `exps` have no set-up prerequisite.
-    cmd = re.sub(r"^make (\S+)", rf"make \1 VENV={BIN.parent}", cmd)
+    cmd = re.sub(r"^((?:\w+=\S+ )*)make (\S+)", rf"\1make \2 VENV={BIN.parent}", cmd)
     proc = subprocess.run(cmd, shell=True, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
     if ok:
         assert proc.returncode == 0, f"{cmd}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -130,8 +130,11 @@ def test_an_experiment_compares_with_the_users_baseline_and_a_failed_one_is_undo
     baseline = next(r for r in shown if r["rev"] == head)
     metrics = baseline["data"]["metrics"]["metrics/eval.json"]["data"]
     assert "test_linear_top1" in metrics and not baseline.get("error")  # no "!" in the baseline row
-    table = sh(project, commands(readme_block("experiment"))[2]).stdout  # make exps
-    assert max(map(len, table.splitlines())) <= 160 and "test_linear_top1" in table
+    table = sh(project, "COLUMNS=160 " + commands(readme_block("experiment"))[2]).stdout  # make exps
+    header = next(line for line in table.splitlines() if "Experiment" in line).split()
+    assert header == ["Experiment", "Created", "metrics/eval.json:head_sparsity",
+                      "metrics/eval.json:test_linear_top1", "pretrain.sparsehead.lambda"], table  # none cut
+    assert max(map(len, table.splitlines())) <= 160
 
     # A failed experiment (CIFAR-10 offline: prepare fails after DVC deleted its outputs) ...
     failed = sh(project, f"{DVC} exp run -S prepare.source=cifar10", ok=False)
