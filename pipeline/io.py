@@ -56,7 +56,7 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def atomic_write(dest: str | Path, writer: Callable[[Path], None]) -> Path:
+def atomic_write(dest: str | Path, writer: Callable[[Path], object]) -> Path:
     with atomic_path(dest) as tmp:
         writer(tmp)
     return Path(dest)
