@@ -189,7 +189,7 @@ def test_two_queued_experiments_keep_their_runs_studies_and_versions(project):
                  if v.tags.get("dvc.exp_name") == "lam-b"]
     assert version.tags["registry.outcome"] in ("held", "lost")
     assert len(client.search_model_versions("name='sparsehead-encoder'")) == versions_before + 1
-    assert client.get_model_version_by_alias("sparsehead-encoder", "champion").version == "1"
+    assert str(client.get_model_version_by_alias("sparsehead-encoder", "champion").version) == "1"
     assert not list((project / ".dvc/tmp/exps").glob("tmp*"))  # the copies are gone; the records stayed
     with sqlite3.connect(project / "optuna.db") as db:
         assert db.execute("select count(*) from studies").fetchone()[0] == 3  # the baseline's and two
