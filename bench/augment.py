@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import AugmentConfig  # noqa: E402
-from pipeline.engine.augment import SimCLRAugment, make_generator  # noqa: E402
+from pipeline.engine.augment import ViewAugmentation, make_generator  # noqa: E402
 
 # (name, batch, channels, side, config): CIFAR-like RGB with every op on, and digits-like grey.
 CASES = [
@@ -36,7 +36,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench(aug: SimCLRAugment, x: torch.Tensor, warmup: int, iters: int) -> tuple[float, float]:
+def bench(aug: ViewAugmentation, x: torch.Tensor, warmup: int, iters: int) -> tuple[float, float]:
     """(images/s over the whole timed run, images/s of the median call): the median resists the noise
     of a CPU shared with other work."""
     g = make_generator(0, x.device)
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"device: {name}; torch {torch.__version__}; {iters} timed calls after {args.warmup} warm-up")
     for label, batch, c, side, cfg in CASES:
         x = torch.rand(batch, c, side, side, device=device)
-        rate, median_rate = bench(SimCLRAugment(cfg, side), x, args.warmup, iters)
+        rate, median_rate = bench(ViewAugmentation(cfg, side), x, args.warmup, iters)
         print(f"{label:32s} batch {batch:4d}: {rate:10,.0f} images/s (median call {median_rate:10,.0f};"
               f" {1e3 * batch / median_rate:6.2f} ms/call)")
 

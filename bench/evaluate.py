@@ -26,8 +26,7 @@ import numpy as np
 import torch
 
 from pipeline.config import Params, load_params
-from pipeline.data.arrays import Dataset, Split
-from pipeline.data.shards import open_dataset
+from pipeline.data.format import Dataset, Split, load_dataset
 from pipeline.data.splits import train_val_split
 from pipeline.device import resolve_device
 from pipeline.engine.trainer import build_encoder
@@ -49,7 +48,7 @@ def load_inputs(params: Params, args: argparse.Namespace) -> tuple[Dataset, Enco
 
         ds, source = Dataset(split(n), split(max(1, n // 5)), [str(i) for i in range(10)], "synthetic"), args.synthetic
     elif (data_dir / "manifest.json").exists():
-        ds, source = open_dataset(data_dir), str(data_dir)
+        ds, source = load_dataset(data_dir), str(data_dir)
     else:
         from pipeline.data.digits import load_digits_dataset
 

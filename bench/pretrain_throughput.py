@@ -40,12 +40,12 @@ from torchvision.transforms import v2
 from pipeline.config import AugmentConfig, PretrainConfig, load_params
 from pipeline.data.preprocess import to_model_input
 from pipeline.device import resolve_device
-from pipeline.engine.augment import SimCLRAugment, blur_kernel_size
+from pipeline.engine.augment import ViewAugmentation, blur_kernel_size
 from pipeline.engine.distributed import DistContext
 from pipeline.engine.optim import build_optimizer
 from pipeline.engine.trainer import build_encoder, train
 from pipeline.methods import build_method
-from pipeline.sparsehead import SparseHeadRegularizer
+from pipeline.sparsehead import SparseHead
 
 # Dense bf16 tensor-core peaks (FLOP/s) of the GPUs this project is lent, from the vendors' data sheets.
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
@@ -78,7 +78,7 @@ def augment_img_s(cfg: PretrainConfig, images: np.ndarray, device: torch.device,
     """The project's two views of a batch, alone (uint8 -> float on the device, then both views)."""
     data = torch.from_numpy(images).to(device)
     size = cfg.image_size or images.shape[1]
-    view = SimCLRAugment(cfg.augment, size)
+    view = ViewAugmentation(cfg.augment, size)
     g = torch.Generator(device=device).manual_seed(0)
     b = min(cfg.batch_size, len(images))
     for _ in range(2):  # warm-up
@@ -98,7 +98,7 @@ def augment_img_s(cfg: PretrainConfig, images: np.ndarray, device: torch.device,
 
 
 def torchvision_views(aug: AugmentConfig, size: int) -> v2.Compose:
-    """The same recipe as ``pipeline.engine.augment.SimCLRAugment``, as torchvision v2 per image."""
+    """The same recipe as ``pipeline.engine.augment.ViewAugmentation``, as torchvision v2 per image."""
     ops: list = [v2.RandomResizedCrop(size, scale=aug.crop_scale, ratio=aug.crop_ratio, antialias=True)]
     if aug.hflip_prob > 0:
         ops.append(v2.RandomHorizontalFlip(aug.hflip_prob))
@@ -138,20 +138,18 @@ class ModelStep:
         self.opt = build_optimizer(self.encoder, cfg.optim, cfg.batch_size, default_lr=self.method.default_lr,
                                    extra=list(self.method.trainable_parameters()))
         sh = cfg.sparsehead
-        self.reg = SparseHeadRegularizer(sh.form, sh.lam, sh.update, self.method.penalised_modules(sh.include_predictor))
+        self.reg = SparseHead(sh, self.method.penalised_modules(sh.include_predictor))
         self.step_no = 0
 
     def __call__(self, v1: torch.Tensor, v2_: torch.Tensor) -> None:
         self.encoder.train()
         self.method.train()
         out = self.method(self.online, v1, v2_, self.dist)
-        loss_ssl = out.loss.float()
-        r = self.reg(self.encoder.head, out.z)
-        loss = loss_ssl + self.reg.lam * r
+        loss = out.loss.float() + self.reg(self.encoder.head, out.z)
         self.opt.zero_grad(set_to_none=True)
-        (loss if self.reg.in_loss else loss_ssl).backward()
+        loss.backward()
         self.opt.step()
-        self.reg.proximal_step(self.encoder.head, self.opt.param_groups[0]["lr"])
+        self.reg.after_step(self.encoder.head, self.opt)
         self.step_no += 1
         self.method.after_step(self.encoder, self.step_no, 10**9)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -78,35 +78,108 @@ class HeadConfig(_Section):
     batch_norm: bool = True
 
 
-SSLMethod = Literal["simclr", "byol", "simsiam", "barlow_twins", "vicreg", "mocov2"]
+class MethodParams(_Section):
+    """Base of an SSL method's own parameters, ``pretrain.ssl.<method>.<key>``: a misspelt key is an error.
+
+    Each method declares its subclass beside its code (``Method.params_model``); :class:`SSLConfig` checks
+    every method's section with it.
+    """
+
+
+# The flat pretrain.ssl keys of before each method had its own section, and where each went.
+MOVED_SSL_KEYS: dict[str, tuple[str, ...]] = {
+    "temperature": ("simclr.temperature", "mocov2.temperature"),
+    "momentum": ("byol.momentum", "mocov2.momentum"),
+    "predictor_hidden_dim": ("byol.predictor_hidden_dim", "simsiam.predictor_hidden_dim"),
+    "asymmetric_views": ("byol.asymmetric_views", "barlow_twins.asymmetric_views", "vicreg.asymmetric_views"),
+    "barlow_lambda": ("barlow_twins.lambda_offdiag",),
+    **{f"vicreg_{k}": (f"vicreg.{k}",) for k in ("invariance", "variance", "covariance", "gamma", "eps")},
+    "moco_queue_size": ("mocov2.queue_size",),
+    "moco_temperature": ("mocov2.temperature",),
+}
 
 
 class SSLConfig(_Section):
-    # Each method reads only its own keys; the defaults are the papers' (README, "SSL methods").
-    method: SSLMethod = "simclr"
-    temperature: float = Field(0.5, gt=0.0)  # simclr: NT-Xent temperature
-    # byol: the target's momentum at step 0, raised to 1 on a cosine schedule; mocov2: constant
-    momentum: float = Field(0.99, ge=0.0, le=1.0)
-    # byol / simsiam: the predictor's hidden width; None: byol the head's last hidden width (BYOL's
-    # 4096-256 projector and 4096 predictor), simsiam a quarter of the head's output (2048 -> 512)
-    predictor_hidden_dim: int | None = Field(None, gt=0)
-    # byol / barlow_twins / vicreg: their papers' per-view blur (1.0, 0.1) and solarisation (0, 0.2)
-    asymmetric_views: bool = True
-    barlow_lambda: float = Field(0.0051, ge=0.0)  # barlow_twins: weight of the off-diagonal term
-    vicreg_invariance: float = Field(25.0, ge=0.0)  # vicreg: weight of the invariance (MSE) term
-    vicreg_variance: float = Field(25.0, ge=0.0)  # vicreg: weight of the variance hinge
-    vicreg_covariance: float = Field(1.0, ge=0.0)  # vicreg: weight of the covariance term
-    vicreg_gamma: float = Field(1.0, gt=0.0)  # vicreg: the std each dimension is pushed above
-    vicreg_eps: float = Field(1e-4, gt=0.0)  # vicreg: in sqrt(var + eps)
-    moco_queue_size: int = Field(1024, gt=0)  # mocov2: negatives kept (published 65536, for ImageNet)
-    moco_temperature: float = Field(0.2, gt=0.0)  # mocov2: InfoNCE temperature
+    """``pretrain.ssl``: the method, and one section of parameters per registered method.
+
+    ``method`` names a method of the registry (:data:`pipeline.methods.METHODS`). Every other key is a
+    registered method's name and holds that method's parameters, checked by the method's own model; a
+    method without a section takes its model's defaults. Every method's section is kept (not only the
+    chosen one's), so ``-S pretrain.ssl.method=byol`` and a study over ``tune.methods`` switch methods
+    without touching the rest (README, "SSL methods").
+    """
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    method: str = "simclr"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in data:
+                if key in MOVED_SSL_KEYS:
+                    places = ", ".join(f"pretrain.ssl.{k}" for k in MOVED_SSL_KEYS[key])
+                    raise ValueError(f"{key}: each method has its own section now; this key moved to {places}")
+        return data
+
+    @model_validator(mode="after")
+    def _method_sections(self) -> SSLConfig:
+        # Deferred: the methods import torch, and this module.
+        from pipeline.methods.registry import METHODS, method_class
+
+        try:
+            method_class(self.method)
+        except ValueError as exc:
+            raise ValueError(f"method: {exc}") from None
+        given = dict(self.model_extra or {})
+        for key in given:
+            if key not in METHODS:
+                raise ValueError(f"{key}: not a registered method, so not a section of pretrain.ssl (the keys "
+                                 f"are method and one section per method: {', '.join(METHODS)})")
+        sections: dict[str, MethodParams] = {}
+        for name, cls in METHODS.items():
+            raw = given.get(name)
+            if isinstance(raw, cls.params_model):
+                sections[name] = raw
+                continue
+            try:
+                sections[name] = cls.params_model.model_validate(raw if raw is not None else {})
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in (name, *first["loc"]))
+                raise ValueError(f"{where}: {str(first['msg']).removeprefix('Value error, ')}") from None
+        extra = self.__pydantic_extra__
+        assert extra is not None  # extra="allow": pydantic keeps a dict
+        extra.clear()
+        extra.update(sections)
+        return self
+
+    def section(self, name: str) -> MethodParams:
+        """The parameters of method ``name``: its validated section, or its model's defaults when it was
+        registered after this config was read (a test's toy method, say).
+
+        Raises:
+            ValueError: ``name`` is not a registered method.
+        """
+        held = (self.model_extra or {}).get(name)
+        if isinstance(held, MethodParams):
+            return held
+        from pipeline.methods.registry import method_class
+
+        return method_class(name).params_model()
+
+
+# SparseHead's regulariser forms and update rules (pipeline/sparsehead.py): the one list of each.
+SparseHeadForm = Literal["l1", "group", "activation"]
+SparseHeadUpdate = Literal["gradient", "proximal"]
 
 
 class SparseHeadConfig(_Section):
-    form: Literal["l1", "group", "activation"] = "l1"
+    form: SparseHeadForm = "l1"
     lam: float = Field(1e-3, ge=0.0, alias="lambda")
     # gradient: lambda * R in the loss; proximal: soft-threshold after each optimiser step (exact zeros)
-    update: Literal["gradient", "proximal"] = "gradient"
+    update: SparseHeadUpdate = "gradient"
     include_predictor: bool = False  # BYOL / SimSiam: penalise the predictor's Linear layers too (l1)
 
 
@@ -133,7 +206,9 @@ class OptimConfig(_Section):
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     weight_decay: float = Field(5e-4, ge=0.0)
     warmup_epochs: int = Field(2, ge=0)
-    eta: float = Field(1e-3, gt=0.0)  # LARS trust coefficient (SimCLR's, lightly's, timm's, solo-learn's)
+    # LARS trust coefficient: SimCLR's 0.001 (also lightly's and timm's default); solo-learn's CIFAR
+    # configurations use 0.02 with LR clipping, which this LARS does not have
+    eta: float = Field(1e-3, gt=0.0)
     # SGD: torch's fused kernel (one launch for all parameters); LARS (custom, per-parameter trust
     # ratios) ignores it and stays unfused
     fused: bool = False
@@ -166,6 +241,9 @@ class PretrainConfig(_Section):
     sync_batchnorm: bool | None = None
     data: DataFeedConfig = Field(default_factory=DataFeedConfig)
     compile: bool = False  # torch.compile the encoder (pays on a GPU for long runs; compiles for minutes)
+    # Epochs between the validation kNN points of the quality curves (pipeline/engine/monitor.py); None:
+    # about five points per run. RankMe of h and z is measured every epoch whatever this says.
+    monitor_every: int | None = Field(None, gt=0)
     out_dir: str = "models/pretrain"
 
     @model_validator(mode="after")
@@ -209,9 +287,9 @@ class TuneConfig(_Section):
     timeout_s: float | None = None
     lambda_low: float = Field(1e-5, gt=0.0)
     lambda_high: float = Field(1e-1, gt=0.0)
-    forms: list[Literal["l1", "group", "activation"]] = Field(default_factory=lambda: ["l1"])
-    updates: list[Literal["gradient", "proximal"]] = Field(default_factory=lambda: ["gradient"])
-    methods: list[SSLMethod] | None = None  # None: pretrain.ssl.method only; more than one: searched, each its baseline
+    forms: list[SparseHeadForm] = Field(["l1"])  # pydantic copies a mutable default for each instance
+    updates: list[SparseHeadUpdate] = Field(["gradient"])
+    methods: list[str] | None = None  # None: pretrain.ssl.method only; more than one: searched, each its baseline
     # Every trial (the baseline too) trains once per seed: each seed gives a paired difference
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     select: Literal["mean", "significant"] = "mean"  # significant: keep the baseline unless the gap's CI > 0
@@ -327,7 +405,7 @@ def load_params(path: str | Path = "params.yaml", *, must_exist: bool = False) -
         msg = str(first["msg"]).removeprefix("Value error, ")
         # A section's own check names its key first ("image_size: ..."): make that "prepare.image_size".
         key, sep, rest = msg.partition(": ")
-        if sep and key.isidentifier():
+        if sep and all(part.isidentifier() for part in key.split(".")):
             where, msg = f"{where}.{key}" if where else key, rest
         raise ConfigError(f"{path}: {where}: {msg}") from exc
 

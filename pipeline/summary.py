@@ -10,17 +10,14 @@ import sys
 from pathlib import Path
 
 from pipeline.config import ConfigError, Params, load_params
+from pipeline.evaluation.report import fmt as _f
+from pipeline.evaluation.report import ssl_gain_warning
 from pipeline.io import read_json
 
 
 def _read(path: str | Path) -> dict:
     path = Path(path)
     return read_json(path) if path.exists() else {}
-
-
-def _f(m: dict, key: str, spec: str = ".3f") -> str:
-    v = m.get(key)
-    return "n/a" if v is None else format(v, spec)
 
 
 def _model_line(name: str, m: dict, knn_k: int) -> str:
@@ -31,7 +28,14 @@ def _model_line(name: str, m: dict, knn_k: int) -> str:
             f"z {_f(m, 'rankme_z', '.1f')}; head sparsity {_f(m, 'head_sparsity')}")
 
 
+def _warning(m: dict) -> list[str]:
+    w = ssl_gain_warning(m)
+    return [f"          {w}"] if w else []
+
+
 def summarise(params: Params) -> list[str]:
+    """The summary's lines, one per stage that has run (and a warning line under a model that SSL did not
+    improve on a random encoder)."""
     k = min(params.evaluate.knn_k)
     lines = []
     pre, ev = _read("metrics/pretrain.json"), _read(params.evaluate.out_metrics)
@@ -41,6 +45,7 @@ def summarise(params: Params) -> list[str]:
                      f"{_f(pre, 'loss_total', '.4f')}, head exact zeros {_f(pre, 'head_exact_zero_frac')}")
     if ev:
         lines.append(_model_line("evaluate", ev, k))
+        lines.extend(_warning(ev))
     tune, best = _read(params.tune.out_metrics), _read(params.tune.best_params)
     if tune and best:
         who = (f"{best.get('method', '')} baseline (lambda 0)" if best.get("baseline")
@@ -55,6 +60,7 @@ def summarise(params: Params) -> list[str]:
     final = _read(params.final.out_metrics)
     if final:
         lines.append(_model_line("final", final, k))
+        lines.extend(_warning(final))
         if final.get("final_seeds", 1) > 1:
             lines.append(f"          over {_f(final, 'final_seeds', '.0f')} seeds: test linear "
                          f"{_f(final, 'test_linear_top1_mean')} +- {_f(final, 'test_linear_top1_sd')}, kNN@{k} "

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import statistics
 import sys
 from pathlib import Path
 
@@ -27,11 +26,12 @@ import torch
 
 from pipeline import tracking
 from pipeline.config import Params, flat_params, load_params
-from pipeline.data.arrays import load_dataset
+from pipeline.data.format import load_dataset
 from pipeline.data.splits import train_val_split
 from pipeline.device import resolve_device
 from pipeline.engine.trainer import train
 from pipeline.evaluation import evaluate_encoder
+from pipeline.stats import format_mean_sd, mean_sd
 from pipeline.tuning.selection import paired_gap
 from pipeline.tuning.space import TrialChoice, trial_pretrain_config
 
@@ -50,12 +50,6 @@ def run_one(params: Params, choice: TrialChoice, seed: int, epochs: int) -> dict
     return {"val_knn": m[f"val_knn{k}_top1"], "val_linear": m["val_linear_top1"],
             "test_linear": m["test_linear_top1"], "test_knn": m[f"test_knn{k}_top1"], "rankme_z": m["rankme_z"],
             "head_sparsity": m["head_sparsity"], "exact_zeros": m["head_exact_zero_frac"]}
-
-
-def _mean_sd(values: list[float], spec: str = ".4f") -> str:
-    """``mean ± sd`` of ``values`` (sd 0 for one value), each formatted with ``spec``."""
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):{spec}} ± {sd:{spec}}"
 
 
 def _gap_metrics(per_seed: dict[int, dict[str, float]], base: dict[int, dict[str, float]]) -> dict[str, float]:
@@ -82,9 +76,7 @@ def _log_configuration(method: str, update: str, lam: float, form: str, epochs: 
                            "seeds": seeds})
         metrics: dict[str, float] = {}
         for c in COLUMNS:
-            values = [r[c] for r in per_seed.values()]
-            metrics[c] = statistics.fmean(values)
-            metrics[f"{c}_sd"] = statistics.stdev(values) if len(values) > 1 else 0.0
+            metrics[c], metrics[f"{c}_sd"] = mean_sd([r[c] for r in per_seed.values()])
             metrics.update({f"{c}.seed{s}": r[c] for s, r in per_seed.items()})
         if lam > 0 and base:
             metrics.update(_gap_metrics(per_seed, base))
@@ -150,7 +142,8 @@ def _table(results: dict[tuple[str, str, float], dict[int, dict[str, float]]], s
              "| method | update | lambda | val kNN | val linear | test linear | test kNN | RankMe z | sparsity "
              "| exact zeros | test linear gap vs lambda 0 [95% CI], p |", "|" + "---|" * 11]
     for (method, update, lam), per_seed in results.items():
-        cells = [_mean_sd([r[c] for r in per_seed.values()], ".2f" if c == "rankme_z" else ".4f") for c in COLUMNS]
+        cells = [format_mean_sd([r[c] for r in per_seed.values()], ".2f" if c == "rankme_z" else ".4f")
+                 for c in COLUMNS]
         base = results.get((method, "-", 0.0))
         gap = "-"
         if lam > 0 and base:

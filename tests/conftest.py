@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.data.arrays import Dataset, Split, save_dataset
+from pipeline.data.format import Dataset, Split, save_dataset
 from tests.servers import mlflow_server, postgres  # noqa: F401  (session fixtures: real servers)
 
 

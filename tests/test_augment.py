@@ -18,7 +18,7 @@ from pipeline.engine.augment import (
     SATURATION,
     CropParams,
     JitterParams,
-    SimCLRAugment,
+    ViewAugmentation,
     adjust_brightness,
     adjust_contrast,
     adjust_hue,
@@ -29,13 +29,13 @@ from pipeline.engine.augment import (
     color_jitter,
     gaussian_blur,
     gaussian_kernels,
-    hsv_to_rgb,
+    hue6_max_delta,
     make_generator,
     random_gaussian_blur,
     random_grayscale,
     random_resized_crop,
     random_solarize,
-    rgb_to_hsv,
+    rgb_from_hue6,
     sample_crop_params,
     sample_jitter_params,
     solarize_where,
@@ -62,16 +62,16 @@ def factors(n: int, lo: float, hi: float, seed: int = 1) -> torch.Tensor:
 @pytest.mark.parametrize("c", [1, 3])
 def test_shape_dtype_range(c: int) -> None:
     x = images(5, c, 20, 20)
-    y = SimCLRAugment(FULL, 12)(x, make_generator(0))
+    y = ViewAugmentation(FULL, 12)(x, make_generator(0))
     assert y.shape == (5, c, 12, 12)
     assert y.dtype == torch.float32 and y.device == x.device
     assert y.min() >= 0.0 and y.max() <= 1.0
-    assert SimCLRAugment(FULL, 12)(x[:0], make_generator(0)).shape == (0, c, 12, 12)
+    assert ViewAugmentation(FULL, 12)(x[:0], make_generator(0)).shape == (0, c, 12, 12)
 
 
 def test_same_seed_same_views_other_seed_other_views() -> None:
     x = images(4)
-    aug = SimCLRAugment(FULL, 16)
+    aug = ViewAugmentation(FULL, 16)
     a = aug(x, make_generator(7))
     b = aug(x, make_generator(7))
     c = aug(x, make_generator(8))
@@ -81,7 +81,7 @@ def test_same_seed_same_views_other_seed_other_views() -> None:
 
 def test_two_calls_on_one_generator_give_two_views() -> None:
     x = images(4)
-    aug = SimCLRAugment(FULL, 16)
+    aug = ViewAugmentation(FULL, 16)
     g = make_generator(0)
     v1, v2 = aug(x, g), aug(x, g)
     assert (v1 - v2).abs().amax(dim=(1, 2, 3)).min() > 1e-3
@@ -89,7 +89,7 @@ def test_two_calls_on_one_generator_give_two_views() -> None:
 
 def test_every_image_gets_its_own_draw() -> None:
     x = images(1).expand(8, -1, -1, -1).contiguous()
-    y = SimCLRAugment(FULL, 16)(x, make_generator(0))
+    y = ViewAugmentation(FULL, 16)(x, make_generator(0))
     flat = y.flatten(1)
     dist = torch.cdist(flat, flat)
     off_diag = dist[~torch.eye(8, dtype=torch.bool)]
@@ -121,14 +121,14 @@ def test_crop_falls_back_to_a_centre_crop_when_nothing_fits() -> None:
 @pytest.mark.parametrize("c", [1, 3])
 def test_identity_config_returns_the_input(c: int) -> None:
     x = images(4, c, 16, 16)
-    y = SimCLRAugment(IDENTITY, 16)(x, make_generator(0))
+    y = ViewAugmentation(IDENTITY, 16)(x, make_generator(0))
     torch.testing.assert_close(y, x, atol=1e-5, rtol=0)
 
 
 def test_hflip_with_probability_one_is_torch_flip() -> None:
     x = images(4)
     cfg = IDENTITY.model_copy(update={"hflip_prob": 1.0})
-    y = SimCLRAugment(cfg, 16)(x, make_generator(0))
+    y = ViewAugmentation(cfg, 16)(x, make_generator(0))
     torch.testing.assert_close(y, torch.flip(x, dims=[3]), atol=1e-5, rtol=0)
 
 
@@ -189,7 +189,21 @@ def test_zero_hue_shift_and_one_channel_hue_are_exact_no_ops() -> None:
     assert torch.equal(adjust_saturation(g, torch.full((3,), 0.3)), g)
 
 
-def test_rgb_hsv_round_trip_and_colorsys_reference() -> None:
+def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) RGB in [0, 1] -> HSV with h in [0, 1) (torchvision's convention), from the hue helpers."""
+    h6, v, delta = hue6_max_delta(x)
+    h = ((h6 + 6.0) / 6.0).frac()
+    s = delta / torch.where(v > 0, v, 1.0)
+    return torch.stack([h, s, v], dim=1)
+
+
+def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) HSV (h in turns) -> RGB, from the hue helpers."""
+    h, s, v = hsv.unbind(1)
+    return rgb_from_hue6(6.0 * h, v, v * s)
+
+
+def test_hue_helpers_round_trip_and_match_colorsys() -> None:
     x = images(4, 3, 8, 8)
     torch.testing.assert_close(hsv_to_rgb(rgb_to_hsv(x)), x, atol=1e-5, rtol=0)
     hsv = rgb_to_hsv(x)
@@ -335,7 +349,7 @@ def test_random_solarize_picks_images_and_runs_last_in_the_pipeline() -> None:
     assert 0 < unchanged.sum() < 64
     assert torch.equal(random_solarize(x, 0.0, make_generator(0)), x)
     on = IDENTITY.model_copy(update={"solarize_prob": 1.0})
-    torch.testing.assert_close(SimCLRAugment(on, 8)(x, make_generator(0)), solarize_where(x, torch.ones(64, dtype=bool)),
+    torch.testing.assert_close(ViewAugmentation(on, 8)(x, make_generator(0)), solarize_where(x, torch.ones(64, dtype=bool)),
                                atol=1e-6, rtol=0)
 
 
@@ -346,13 +360,13 @@ def test_one_channel_colour_ops_that_do_not_apply_are_no_ops() -> None:
     g = images(4, 1, 16, 16)
     cfg = IDENTITY.model_copy(update={"jitter_prob": 1.0, "brightness": 0.0, "contrast": 0.0,
                                       "saturation": 0.9, "hue": 0.4, "grayscale_prob": 1.0})
-    torch.testing.assert_close(SimCLRAugment(cfg, 16)(g, make_generator(0)), g, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ViewAugmentation(cfg, 16)(g, make_generator(0)), g, atol=1e-5, rtol=0)
     cfg = cfg.model_copy(update={"brightness": 0.5})
-    assert not torch.allclose(SimCLRAugment(cfg, 16)(g, make_generator(0)), g, atol=1e-3)
+    assert not torch.allclose(ViewAugmentation(cfg, 16)(g, make_generator(0)), g, atol=1e-3)
 
 
 def test_bad_inputs_name_the_problem() -> None:
-    aug = SimCLRAugment(FULL, 8)
+    aug = ViewAugmentation(FULL, 8)
     with pytest.raises(ValueError, match="channels"):
         aug(torch.rand(2, 2, 8, 8), make_generator(0))
     with pytest.raises(ValueError, match="floating"):
@@ -360,18 +374,18 @@ def test_bad_inputs_name_the_problem() -> None:
     with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
         aug(torch.rand(3, 8, 8), make_generator(0))
     with pytest.raises(ValueError, match="pretrain.augment.crop_scale"):
-        SimCLRAugment(AugmentConfig(crop_scale=(0.9, 0.2)), 8)
+        ViewAugmentation(AugmentConfig(crop_scale=(0.9, 0.2)), 8)
     with pytest.raises(ValueError, match="pretrain.augment.crop_ratio"):
-        SimCLRAugment(AugmentConfig(crop_ratio=(0.0, 1.0)), 8)
+        ViewAugmentation(AugmentConfig(crop_ratio=(0.0, 1.0)), 8)
     with pytest.raises(ValueError, match="out_size"):
-        SimCLRAugment(FULL, 0)
+        ViewAugmentation(FULL, 0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_runs_on_cuda() -> None:
     dev = torch.device("cuda")
     x = images(16, 3, 32, 32).to(dev)
-    aug = SimCLRAugment(FULL, 24)
+    aug = ViewAugmentation(FULL, 24)
     a = aug(x, make_generator(0, dev))
     b = aug(x, make_generator(0, dev))
     assert a.device.type == "cuda" and a.shape == (16, 3, 24, 24)

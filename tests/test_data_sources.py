@@ -18,7 +18,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from pipeline.config import PrepareConfig
-from pipeline.data.arrays import manifest_for
+from pipeline.data.format import manifest_for
 from pipeline.data.preprocess import InputSpec, fit_image
 from pipeline.data.sources import DataError, load_source
 from pipeline.data.splits import class_test_count, stratified_split

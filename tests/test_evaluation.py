@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from pipeline import tracking
 from pipeline.cli import stage_main
 from pipeline.config import EvaluateConfig, Params, ProbeConfig, load_params
-from pipeline.data.arrays import Dataset, Split, save_dataset
+from pipeline.data.format import Dataset, Split, save_dataset
 from pipeline.data.preprocess import InputSpec
 from pipeline.evaluation import (
     dims_for_share,
@@ -26,14 +26,18 @@ from pipeline.evaluation import (
     knn_predict,
     knn_score,
     linear_probe,
+    random_encoder,
     rankme,
+    singular_values,
     spectrum_stats,
     validation_report,
 )
+from pipeline.evaluation.report import fmt, ssl_gain_warning, summary
 from pipeline.evaluation.spectrum import log_spectrum
 from pipeline.models import Encoder, EncoderSpec, save_encoder
 from pipeline.stages.evaluate import run as evaluate_body
 from pipeline.stages.evaluate import run_evaluation
+from pipeline.summary import summarise
 
 torch.set_num_threads(1)
 
@@ -220,6 +224,23 @@ def test_rankme_is_the_published_one_on_the_raw_matrix():
     assert abs(raw - normalised) > 0.1
 
 
+def test_rankme_with_fewer_samples_than_dimensions_takes_min_n_d_singular_values():
+    # Garrido et al.: the min(N, d) singular values. With N = 5 < d = 40, the d x d Gram matrix has 35
+    # zero eigenvalues, whose eps terms would add to the entropy; the rank must be numpy's SVD's.
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(5, 40, generator=g, dtype=torch.float64) * torch.linspace(0.1, 3.0, 40, dtype=torch.float64)
+    s = np.linalg.svd(x.numpy(), compute_uv=False)
+    assert s.shape == (5,)
+    p = s / s.sum() + 1e-7
+    by_hand = float(np.exp(-(p * np.log(p)).sum()))
+    assert singular_values(x).shape == (5,)
+    np.testing.assert_allclose(singular_values(x), s, rtol=1e-10)
+    assert spectrum_stats(x).rankme == pytest.approx(by_hand, rel=1e-10)
+    padded = np.concatenate([s, np.zeros(35)])  # d values, as a d x d Gram matrix gives them
+    assert rankme(padded) != pytest.approx(by_hand, rel=1e-6)  # the difference the test can see
+    assert spectrum_stats(x.T.contiguous()).rankme == pytest.approx(by_hand, rel=1e-10)  # N > d: the same
+
+
 def test_dims99_on_known_spectra():
     assert dims_for_share(np.array([90.0, 9.0, 0.9, 0.1])) == 2  # 99% reached exactly at 2
     assert dims_for_share(np.array([90.0, 8.9, 1.0, 0.1])) == 3
@@ -375,6 +396,39 @@ def test_evaluate_stage_writes_metrics_plots_and_logs_to_the_pretrain_run(stage_
     artifacts = {Path(a.path).name for a in client.list_artifacts(run_id, "eval")}
     assert {"eval.json", "confusion.csv", "confusion.png", "spectrum_backbone.csv",
             "spectrum_projection.png"} <= artifacts
+
+
+def test_an_encoder_no_better_than_random_is_warned_about_and_tagged(stage_dir, capsys):
+    tmp_path, params = stage_dir
+    # The random encoder itself: the SSL gain is exactly 0.
+    save_encoder(random_encoder(TINY_SPEC, params.seed), tmp_path / "models" / "pretrain" / "encoder.pt", {})
+    with tracking.start_run(params.tracking, run_name="pretrain") as run:
+        pass
+    tracking.write_run_id(tmp_path / "models" / "pretrain" / "run_id", run.info.run_id)
+    assert stage_main("evaluate", evaluate_body, argv=["--params", str(tmp_path / "params.yaml")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    warnings = [line for line in lines if line.startswith("warning:")]
+    assert len(warnings) == 1
+    assert "not better than a random one" in warnings[0] and "(gain +0.000 <= 0.01)" in warnings[0]
+    metrics = json.loads((tmp_path / "metrics" / "eval.json").read_text())
+    assert metrics["ssl_gain_linear"] == 0.0
+    tags = MlflowClient(tracking_uri=params.tracking.tracking_uri).get_run(run.info.run_id).data.tags
+    assert tags["ssl_warning"] == warnings[0]
+    # The end-of-run summary says it too, under the model's line.
+    summary_lines = summarise(params)
+    assert summary_lines[0].startswith("evaluate") and summary_lines[1].strip() == warnings[0]
+
+
+def test_ssl_gain_warning_threshold_and_formatting():
+    base = {"test_linear_top1": 0.93, "random_test_linear_top1": 0.92}
+    assert ssl_gain_warning({**base, "ssl_gain_linear": 0.0100001}) is None
+    line = ssl_gain_warning({**base, "ssl_gain_linear": 0.01})
+    assert line is not None and "test linear top-1 0.930 vs random init 0.920 (gain +0.010 <= 0.01)" in line
+    assert ssl_gain_warning({"val_linear_top1": 0.5, "random_val_linear_top1": 0.6, "ssl_gain_linear": -0.1})
+    assert ssl_gain_warning({"test_linear_top1": 0.9}) is None  # no random reference: nothing to compare
+    assert "warning:" in summary({**base, "ssl_gain_linear": -0.02}, 20).splitlines()[-1]
+    assert "warning:" not in summary({**base, "ssl_gain_linear": 0.2}, 20)
+    assert fmt({"a": 0.5}, "a") == "0.500" and fmt({}, "a") == "n/a"
 
 
 def test_run_evaluation_fails_with_named_file_on_bad_input(stage_dir):

@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from pipeline import tracking
 from pipeline.cli import stage_main
 from pipeline.config import MIN_INPUT_SIDE, ConfigError, TrackingConfig, load_params
-from pipeline.data.arrays import load_split
+from pipeline.data.format import load_split
 from pipeline.engine.checkpoint import CHECKPOINT, read_checkpoint_meta
 from pipeline.io import write_json
 from pipeline.models.backbones import build_backbone

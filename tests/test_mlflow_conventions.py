@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import tracking
 from pipeline.config import Params, PrepareConfig, TrackingConfig
-from pipeline.data.arrays import load_manifest
+from pipeline.data.format import load_manifest
 from pipeline.stages.pretrain import pretrain_and_log
 from pipeline.stages.register import register_model_dir, study_gap, version_description
 from pipeline.tracking.datasets import DIGEST_CHARS, dataset_source

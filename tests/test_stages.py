@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.cli import stage_main
 from pipeline.config import load_params
-from pipeline.data.arrays import load_split
+from pipeline.data.format import load_split
 from pipeline.evaluation import extract_features
 from pipeline.models import load_encoder
 from pipeline.stages.final import read_best_params

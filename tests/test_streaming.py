@@ -7,13 +7,20 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from pipeline.config import DataFeedConfig, PretrainConfig
-from pipeline.data.arrays import Dataset, Split, save_dataset
 from pipeline.data.folder import read_folder, scan_folder, shard_folder
+from pipeline.data.format import Dataset, Split, load_dataset, load_split, save_dataset
 from pipeline.data.preprocess import channel_stats
-from pipeline.data.shards import ShardedImages, open_dataset, open_split
+from pipeline.data.shards import ShardedImages
 from pipeline.data.splits import train_val_split
 from pipeline.engine.checkpoint import CHECKPOINT, read_checkpoint_meta
-from pipeline.engine.feeding import InMemoryFeeder, StreamingFeeder, chunk_plan, make_feeder, wants_streaming
+from pipeline.engine.feeding import (
+    InMemoryFeeder,
+    StreamingFeeder,
+    chunk_plan,
+    epoch_generator,
+    make_feeder,
+    wants_streaming,
+)
 from pipeline.engine.trainer import train
 from tests.conftest import Crash, crash_after
 
@@ -92,11 +99,62 @@ def test_small_chunks_see_every_image_at_most_once_and_ranks_split_global_batche
     assert epoch_ids(feeder, 3, 5, steps, 2 * batch) != whole
 
 
+@pytest.mark.parametrize("chunk", [50, 100, 512])
+def test_each_rank_reads_only_the_images_of_its_own_batches(chunk):
+    x = numbered(300)
+    steps, batch = 300 // (32 * 2), 32  # 4 global batches of 64: 256 of the 300 images are used
+    shares = []
+    for rank in (0, 1):
+        feeder = StreamingFeeder(x, CPU, chunk_images=chunk, seed=5, epochs=1)
+        shares.append([i for b in epoch_ids(feeder, 0, 5, steps, batch, world=2, rank=rank) for i in b])
+        feeder.wait()
+        # Read = used: 128 images, half of the 256 the epoch uses (every rank once read all 300).
+        assert feeder.images_read == len(shares[-1]) == steps * batch
+    assert not set(shares[0]) & set(shares[1])
+
+
+def test_the_next_epochs_first_chunk_is_read_while_this_one_ends():
+    x = numbered(300)
+    steps, batch = 300 // 32, 32
+
+    def run(feeder, epoch, g):
+        return [ids(b) for b in feeder.epoch(epoch, g, steps, batch)]
+
+    feeder = StreamingFeeder(x, CPU, chunk_images=100, seed=5, epochs=2)
+    first = run(feeder, 0, epoch_generator(CPU, 5, 0))
+    feeder.wait()
+    ahead = feeder.images_read - steps * batch
+    assert 0 < ahead <= 100  # epoch 1's first chunk, read before epoch 1 was asked for
+    second = run(feeder, 1, epoch_generator(CPU, 5, 1))
+    feeder.wait()
+    assert feeder.images_read == 2 * steps * batch  # nothing read twice; no read-ahead past the last epoch
+    fresh = StreamingFeeder(x, CPU, chunk_images=100, seed=5)
+    assert first == run(fresh, 0, epoch_generator(CPU, 5, 0))
+    fresh = StreamingFeeder(x, CPU, chunk_images=100, seed=5)
+    assert second == run(fresh, 1, epoch_generator(CPU, 5, 1))
+    # A generator other than the one foreseen: the read-ahead is dropped and the chunk read again.
+    feeder = StreamingFeeder(x, CPU, chunk_images=100, seed=5)
+    run(feeder, 0, epoch_generator(CPU, 5, 0))
+    other = torch.Generator().manual_seed(99)
+    fresh = StreamingFeeder(x, CPU, chunk_images=100, seed=5)
+    assert run(feeder, 1, other) == run(fresh, 1, torch.Generator().manual_seed(99))
+
+
+def test_a_stream_stopped_mid_epoch_leaves_the_next_epoch_exact():
+    x = numbered(300)
+    feeder = StreamingFeeder(x, CPU, chunk_images=64, seed=2)
+    batches = feeder.epoch(0, epoch_generator(CPU, 2, 0), 9, 32)
+    next(batches)
+    batches.close()  # a pruned trial, an exception in the step
+    fresh = StreamingFeeder(x, CPU, chunk_images=64, seed=2)
+    assert epoch_ids(feeder, 1, 2, 9, 32) == epoch_ids(fresh, 1, 2, 9, 32)
+
+
 def test_streaming_from_shards_equals_streaming_from_the_array(tmp_path):
     x = numbered(300)
     save_dataset(Dataset(Split(x, np.arange(300) % 3), Split(x[:10], np.zeros(10)), ["a", "b", "c"], "t"),
                  tmp_path / "prep", shard_images=64)
-    sharded = open_split(tmp_path / "prep", "train").images
+    sharded = load_split(tmp_path / "prep", "train").images
     assert isinstance(sharded, ShardedImages) and len(sharded.shards) == 5
     a = epoch_ids(StreamingFeeder(x, CPU, 40, seed=0), 0, 0, 9, 32)
     b = epoch_ids(StreamingFeeder(sharded, CPU, 40, seed=0), 0, 0, 9, 32)
@@ -110,7 +168,7 @@ def test_shards_round_trip_slices_subsets_hashes_and_stats(tmp_path, digits):
     entry = manifest["shards"]["train"]
     assert [f["count"] for f in entry["files"]] == [100, 100, 100, 20]
     assert (tmp_path / "prep" / "train" / "shard-00003.npy").exists()
-    ds = open_dataset(tmp_path / "prep")
+    ds = load_dataset(tmp_path / "prep")
     x = ds.train.images
     assert x.shape == digits.shape and len(x) == 320 and x.dtype == np.uint8
     np.testing.assert_array_equal(x[0:320], digits)
@@ -177,7 +235,7 @@ def test_pretraining_on_shards_matches_the_array(digits, tmp_path):
     labels = np.arange(len(digits)) % 10
     save_dataset(Dataset(Split(digits, labels), Split(digits[:40], labels[:40]), list("0123456789"), "digits"),
                  tmp_path / "prep", shard_images=64)
-    sharded = open_split(tmp_path / "prep", "train").images
+    sharded = load_split(tmp_path / "prep", "train").images
     cfg = tiny_cfg({"streaming": "on", "chunk_images": 100})
     a = train(cfg, digits, seed=1, progress=False)
     b = train(cfg, sharded, seed=1, progress=False)
@@ -195,7 +253,7 @@ def test_a_folder_is_decoded_in_parallel_straight_into_shards(tmp_path):
     in_memory = read_folder(scan, workers=1)
     manifest = shard_folder(scan, tmp_path / "prep", shard_images=5, workers=2)
     assert manifest["counts"] == {"train": len(in_memory.train), "test": len(in_memory.test)}
-    ds = open_dataset(tmp_path / "prep")
+    ds = load_dataset(tmp_path / "prep")
     for name in ("train", "test"):
         np.testing.assert_array_equal(np.asarray(getattr(ds, name).images), getattr(in_memory, name).images)
         np.testing.assert_array_equal(getattr(ds, name).labels, getattr(in_memory, name).labels)
@@ -209,11 +267,11 @@ def test_prepare_stage_shards_on_request_and_stages_open_them(tmp_path, monkeypa
     params = Params.model_validate({"prepare": {"format": "shards", "shard_images": 500}})
     prepare.run(params)
     assert "4 shards" in capsys.readouterr().out  # 1438 train images: 500 + 500 + 438; 359 test in one
-    ds = open_dataset("data/prepared")
+    ds = load_dataset("data/prepared")
     assert isinstance(ds.train.images, ShardedImages) and ds.image_shape == (8, 8, 1)
     assert prepare.shard_images_for(params.prepare.model_copy(update={"format": "auto"}), 2**30) is None
     assert prepare.shard_images_for(params.prepare.model_copy(update={"format": "auto"}), 3 * 2**30) == 500
     # A shard that went missing is one readable line naming it.
     (tmp_path / "data" / "prepared" / "train" / "shard-00001.npy").unlink()
     with pytest.raises(FileNotFoundError, match="shard-00001.npy: shard listed in"):
-        open_dataset("data/prepared")
+        load_dataset("data/prepared")

@@ -23,7 +23,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipeline.data.arrays import Dataset, save_dataset
+from pipeline.data.format import Dataset, save_dataset
 from pipeline.engine.checkpoint import CHECKPOINT
 from pipeline.engine.distributed import DistContext
 from pipeline.models.encoder import ENCODER_FILE, load_encoder

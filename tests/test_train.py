@@ -8,7 +8,7 @@ from sklearn.datasets import load_digits
 from pipeline.config import PretrainConfig
 from pipeline.engine.checkpoint import CHECKPOINT, read_checkpoint_meta
 from pipeline.engine.optim import LARS, warmup_cosine
-from pipeline.engine.trainer import train
+from pipeline.engine.trainer import Trainer, train
 from tests.conftest import Crash, crash_after
 
 
@@ -127,19 +127,18 @@ def test_resume_with_another_thread_count_warns(digits, tmp_path, caplog):
     assert any("written with 1 CPU threads, this run has 2" in r.getMessage() for r in caplog.records)
 
 
-def test_train_epochs_in_lockstep_equals_train_alone(digits):
+def test_trainers_in_lockstep_equal_train_alone(digits):
     # The tuning objective advances several seeds one epoch at a time: each must be what it is alone.
-    from pipeline.engine.trainer import train_epochs
-
     torch.set_num_threads(1)
     cfg = tiny_cfg(epochs=2)
     alone = {s: train(cfg, digits, seed=s, progress=False).encoder.state_dict() for s in (0, 1)}
-    runs = {s: train_epochs(cfg, digits, seed=s, progress=False) for s in (0, 1)}
+    runs = {s: Trainer(cfg, digits, seed=s, progress=False) for s in (0, 1)}
     for _ in range(2):
         for run in runs.values():
-            next(run)
+            run.train_epoch()
     for s, run in runs.items():
-        with pytest.raises(StopIteration) as stop:
-            next(run)
-        together = stop.value.value.encoder.state_dict()
+        assert run.finished and run.epochs_done == 2
+        with pytest.raises(RuntimeError, match="all 2 epochs"):
+            run.train_epoch()
+        together = run.result().encoder.state_dict()
         assert all(torch.equal(together[k], alone[s][k]) for k in together)

@@ -194,7 +194,7 @@ def test_failed_trials_are_recorded_stop_the_worker_and_are_redone(workdir, monk
     def broken(*args, **kwargs):
         raise RuntimeError("simulated out-of-memory")
 
-    monkeypatch.setattr("pipeline.tuning.objective.train_epochs", broken)
+    monkeypatch.setattr("pipeline.tuning.objective.Trainer", broken)
     with pytest.raises(StageError, match="2 trials failed in a row"):
         run_tuning(params, progress=False)
     study = _load_study(params)

@@ -1,1 +1,2 @@
-"""Data: sources -> uint8 arrays, the prepared-array format, and the shared pre-processing."""
+"""Data: sources -> uint8 arrays (``sources``), the prepared format (``format``, over ``shards``), one
+splitter (``splits``) and the pre-processing shared with the service (``preprocess``)."""

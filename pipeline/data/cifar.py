@@ -18,8 +18,8 @@ from typing import IO, Any
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.data.arrays import Dataset, Split
 from pipeline.data.errors import DataError, one_line
+from pipeline.data.format import Dataset, Split
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,8 @@ DEFAULT_RAW_DIR = Path("data/raw")  # where a download goes when prepare.path is
 
 @dataclass(frozen=True)
 class CifarFormat:
+    """Where one CIFAR variant keeps its images, labels and class names inside its official archive."""
+
     source: str
     archive: str  # official archive file name
     train_members: tuple[str, ...]  # in the order their images are concatenated
@@ -97,8 +99,19 @@ def _unpickle(f: IO[bytes], where: str) -> Any:
 
 
 def resolve_archive(path: str | None, download: bool, fmt: CifarFormat) -> Path:
-    """The archive file ``path`` names (the file itself, or a folder holding it under its official name);
-    downloaded through torchvision first when it is missing and ``download`` is set."""
+    """The archive file ``path`` names, downloaded through torchvision first when missing and asked for.
+
+    Args:
+        path: The archive file itself, or a folder holding it under its official name; None: ``data/raw``.
+        download: Fetch the archive when it is missing.
+        fmt: The CIFAR variant.
+
+    Returns:
+        The archive's path.
+
+    Raises:
+        DataError: Missing (and no download asked for), not a file, or the download failed.
+    """
     if path is None:
         folder = DEFAULT_RAW_DIR
         archive = folder / fmt.archive
@@ -125,7 +138,15 @@ def resolve_archive(path: str | None, download: bool, fmt: CifarFormat) -> Path:
 
 
 def download_archive(fmt: CifarFormat, folder: Path) -> None:
-    """Fetch the official archive into ``folder`` with torchvision (which also checks its MD5)."""
+    """Fetch the official archive into ``folder`` with torchvision (which also checks its MD5).
+
+    Args:
+        fmt: The CIFAR variant.
+        folder: Where the archive goes (created if missing).
+
+    Raises:
+        DataError: The download or its checksum failed.
+    """
     import torchvision.datasets  # deferred: only a download needs torchvision, and it is slow to import
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -210,7 +231,19 @@ def _assemble(batches: list[tuple[np.ndarray, np.ndarray]]) -> Split:
 
 
 def read_cifar_archive(archive: str | Path, fmt: CifarFormat, progress: bool = False) -> Dataset:
-    """The official train/test split of a CIFAR archive as uint8 (N, 32, 32, 3) arrays."""
+    """The official train/test split of a CIFAR archive, read in one pass without extracting anything.
+
+    Args:
+        archive: The official ``cifar-1*-python.tar.gz``.
+        fmt: The CIFAR variant.
+        progress: Show a tqdm bar.
+
+    Returns:
+        The data set: uint8 (N, 32, 32, 3) images, the archive's class names.
+
+    Raises:
+        DataError: Unreadable, truncated, missing members, or pickles that are not CIFAR's.
+    """
     archive = Path(archive)
     found = _read_members(archive, {*fmt.train_members, fmt.test_member, fmt.meta_member}, progress)
     classes = _class_names(found.pop(fmt.meta_member), f"{archive}:{fmt.meta_member}", fmt.names_key)
@@ -226,5 +259,19 @@ def read_cifar_archive(archive: str | Path, fmt: CifarFormat, progress: bool = F
 
 
 def load_cifar(source: str, path: str | None, download: bool, progress: bool = False) -> Dataset:
+    """A CIFAR source of the prepare stage (:func:`resolve_archive`, then :func:`read_cifar_archive`).
+
+    Args:
+        source: "cifar10" or "cifar100".
+        path: ``prepare.path``.
+        download: ``prepare.download``.
+        progress: Show a tqdm bar.
+
+    Returns:
+        The data set.
+
+    Raises:
+        DataError: As :func:`resolve_archive` and :func:`read_cifar_archive`.
+    """
     fmt = FORMATS[source]
     return read_cifar_archive(resolve_archive(path, download, fmt), fmt, progress)

@@ -18,8 +18,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.data.arrays import MANIFEST, Dataset, Split, manifest_for, staged_dir
 from pipeline.data.errors import DataError, one_line
+from pipeline.data.format import MANIFEST, Dataset, Split, manifest_for, staged_dir
 from pipeline.data.preprocess import InputSpec, convert_channels, fit_image
 from pipeline.data.shards import ShardedImages, ShardWriter
 from pipeline.data.splits import stratified_split
@@ -240,7 +240,7 @@ def shard_folder(scan: FolderScan, out_dir: str | Path, shard_images: int, worke
                                   f"shard {name} images", progress):
                 writer.add(batch)
             entries[name] = writer.close(files.labels)
-            splits[name] = Split(ShardedImages.open(tmp, entries[name]), files.labels)  # type: ignore[arg-type]
+            splits[name] = Split(ShardedImages.open(tmp, entries[name]), files.labels)
         ds = Dataset(train=splits["train"], test=splits["test"], classes=scan.classes, source="folder",
                      extra=scan.extra)
         manifest = manifest_for(ds, entries)

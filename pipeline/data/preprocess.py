@@ -8,10 +8,13 @@ normalisation lives inside the encoder, so the registered model takes [0, 1] ima
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from pipeline.data.shards import ImageArray, ShardedImages, level_counts
 
 # ITU-R 601-2 luma, the weights PIL uses for RGB -> L, so decoded files and raw arrays agree.
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
@@ -19,34 +22,49 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
 
 @dataclass(frozen=True)
 class InputSpec:
-    """What the encoder takes: a square side, a channel count, and the normalisation of its data."""
+    """What the encoder takes: a square side, a channel count, and the normalisation of its data.
+
+    Attributes:
+        image_size: The square side, pixels.
+        channels: 1 (grey) or 3 (RGB).
+        mean: Per-channel mean of the training images on the [0, 1] scale.
+        std: Per-channel standard deviation, same scale.
+    """
 
     image_size: int
     channels: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as JSON-ready values (what the encoder file stores)."""
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> InputSpec:
+    def from_dict(cls, d: dict[str, Any]) -> InputSpec:
+        """The spec :meth:`to_dict` wrote."""
         return cls(int(d["image_size"]), int(d["channels"]), tuple(d["mean"]), tuple(d["std"]))
 
 
-def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def channel_stats(images: ImageArray, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of uint8 (N, H, W, C) images on the [0, 1] scale.
 
-    One streaming pass of ``chunk`` images at a time into per-channel histograms of the 256 levels (exact
-    integer counts), then the moments in float64: memory stays at one chunk whatever the set's size, and
-    ``images`` may be memory-mapped shards.
+    From the per-channel histograms of the 256 levels (exact integer counts), then the moments in
+    float64. A whole sharded split carries its histogram from prepare, so nothing is read; otherwise one
+    streaming pass of ``chunk`` images at a time: memory stays at one chunk whatever the set's size.
+
+    Args:
+        images: uint8 (N, H, W, C), in memory or memory-mapped shards.
+        chunk: Images read per step of the pass.
+
+    Returns:
+        (mean, std), one float per channel each; std is at least 1e-3 (a constant channel).
     """
-    c = images.shape[-1]
-    counts = np.zeros((c, 256), dtype=np.int64)
-    for lo in range(0, len(images), chunk):
-        x = np.asarray(images[lo:lo + chunk]).reshape(-1, c)
-        for k in range(c):
-            counts[k] += np.bincount(x[:, k], minlength=256)
+    counts = images.level_counts if isinstance(images, ShardedImages) else None
+    if counts is None:
+        counts = np.zeros((images.shape[-1], 256), dtype=np.int64)
+        for lo in range(0, len(images), chunk):
+            counts += level_counts(np.asarray(images[lo:lo + chunk]))
     levels = np.arange(256, dtype=np.float64) / 255.0
     n = counts.sum(axis=1).astype(np.float64)
     mean = counts @ levels / n
@@ -56,7 +74,18 @@ def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, .
 
 
 def convert_channels(image: np.ndarray, channels: int) -> np.ndarray:
-    """uint8 (H, W, C) with C in {1, 3, 4} -> uint8 (H, W, channels); alpha is dropped, grey is repeated."""
+    """An image at another channel count: alpha is dropped, grey is repeated, colour becomes luma.
+
+    Args:
+        image: uint8 (H, W) or (H, W, C) with C in 1..4 (2: grey + alpha, 4: RGBA).
+        channels: 1 or 3.
+
+    Returns:
+        uint8 (H, W, channels); ``image`` itself when it has them already.
+
+    Raises:
+        ValueError: Another shape or channel count.
+    """
     if image.ndim == 2:
         image = image[:, :, None]
     if image.ndim != 3 or image.shape[2] not in (1, 2, 3, 4):
@@ -77,7 +106,18 @@ def convert_channels(image: np.ndarray, channels: int) -> np.ndarray:
 
 
 def fit_image(image: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """Any uint8 image -> uint8 (S, S, C) at the spec's side and channel count (antialiased resize)."""
+    """Any uint8 image at the spec's side and channel count (antialiased bilinear resize).
+
+    Args:
+        image: uint8 (H, W) or (H, W, C).
+        spec: The side and channel count wanted.
+
+    Returns:
+        uint8 (S, S, C).
+
+    Raises:
+        ValueError: Not uint8, an empty side, or channels :func:`convert_channels` refuses.
+    """
     if image.dtype != np.uint8:
         raise ValueError(f"image must be uint8, got {image.dtype}")
     image = convert_channels(image, spec.channels)
@@ -95,9 +135,18 @@ def fit_image(image: np.ndarray, spec: InputSpec) -> np.ndarray:
 
 def to_model_input(images: np.ndarray | torch.Tensor, spec: InputSpec | None = None,
                    device: torch.device | str | None = None) -> torch.Tensor:
-    """uint8 (N, H, W, C) -> float32 (N, C, H, W) in [0, 1] on ``device``.
+    """A uint8 batch as model input: float32 (N, C, H, W) in [0, 1].
 
-    With a spec, a batch not at the spec's side is resized the same way :func:`fit_image` does it.
+    Args:
+        images: uint8 (N, H, W, C), numpy or torch.
+        spec: When given, a batch not at its side is resized the way :func:`fit_image` does it.
+        device: Where the result goes (the uint8 batch is moved first: a quarter of the bytes).
+
+    Returns:
+        float32 (N, C, H, W), contiguous.
+
+    Raises:
+        ValueError: Not uint8 (N, H, W, C).
     """
     t = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
     if t.dtype != torch.uint8 or t.ndim != 4:

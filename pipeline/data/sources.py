@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 from pipeline.config import PrepareConfig
-from pipeline.data.arrays import Dataset
 from pipeline.data.errors import DataError
+from pipeline.data.format import Dataset
 
 __all__ = ["DataError", "load_source"]
 
 
 def load_source(cfg: PrepareConfig, seed: int, progress: bool = False) -> Dataset:
-    """Read the source ``cfg`` names; ``seed`` fixes the train/test split of sources without an official one.
+    """Read the source ``cfg`` names into memory.
 
-    Raises DataError (one line naming the file and the problem) for anything unreadable. ``progress`` shows
-    tqdm bars (the stage sets it; library callers and tests stay quiet).
+    Args:
+        cfg: The prepare section: the source, its path and options.
+        seed: Fixes the train/test split of sources without an official one.
+        progress: Show tqdm bars (the stage sets it; library callers and tests stay quiet).
+
+    Returns:
+        The data set, uint8 (N, H, W, C) images.
+
+    Raises:
+        DataError: Anything unreadable (one line naming the file and the problem), or an unknown source.
     """
     # Each reader is imported only when chosen: scikit-learn (digits) and torch (folder resizing) take
     # seconds to import, which a CIFAR run, or a run that fails on a missing file, should not pay.

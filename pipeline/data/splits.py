@@ -7,19 +7,39 @@ import math
 
 import numpy as np
 
-from pipeline.data.arrays import Split
+from pipeline.data.format import Split
 
 
 def class_test_count(n: int, test_fraction: float) -> int:
-    """How many of a class's ``n`` images go to test: round-half-up of ``n * test_fraction``,
-    at least one and never all of them when the class has two or more (so every class is in both)."""
+    """How many of a class's images go to test.
+
+    Args:
+        n: The class's image count.
+        test_fraction: The share asked for.
+
+    Returns:
+        Round-half-up of ``n * test_fraction``, at least one and never all of them when the class has
+        two or more (so every class is on both sides); 0 for a class of one.
+    """
     if n < 2:
         return 0
     return min(max(math.floor(n * test_fraction + 0.5), 1), n - 1)
 
 
 def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted (train, test) indices into ``labels``, per class and fixed by ``seed``."""
+    """A stratified split of positions: each class's share drawn on its own.
+
+    Args:
+        labels: int (N,) class labels.
+        test_fraction: Each class's share on the test side (:func:`class_test_count`).
+        seed: Fixes the draw.
+
+    Returns:
+        (train, test): sorted int64 positions into ``labels``, disjoint, together all of them.
+
+    Raises:
+        ValueError: ``test_fraction`` outside (0, 1).
+    """
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     labels = np.asarray(labels)
@@ -35,6 +55,15 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tup
 
 
 def train_val_split(split: Split, val_fraction: float, seed: int) -> tuple[Split, Split]:
-    """Carve a validation set from training data, stratified by class and fixed by the seed."""
+    """Carve a validation set from training data, stratified by class.
+
+    Args:
+        split: The training split (a sharded one gives lazy subsets: nothing is read).
+        val_fraction: Each class's share that goes to validation.
+        seed: Fixes the draw.
+
+    Returns:
+        (fit, validation).
+    """
     fit_idx, val_idx = stratified_split(split.labels, val_fraction, seed)
     return split.subset(fit_idx), split.subset(val_idx)

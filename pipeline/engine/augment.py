@@ -1,20 +1,8 @@
-"""SimCLR view augmentations as batched tensor ops, with an independent random draw for every image.
+"""The views SSL methods train on: SimCLR's augmentation recipe (plus BYOL's solarisation) as batched tensor
+ops with an independent random draw per image, and no host-device sync (README, "SSL methods").
 
-``torchvision.transforms.v2`` on a batch draws one set of parameters for the whole batch, so two views
-of a batch would share one crop and one jitter; here every parameter is a length-N tensor drawn from the
-caller's ``torch.Generator`` on the images' own device, and every op is a masked, batched tensor op: no
-Python loop over images, no ``.item()``, no shape-changing boolean indexing, hence no host-device sync.
-
-Order (SimCLR, Chen et al. 2020, appendix A): random resized crop + horizontal flip (one affine
-``grid_sample``), colour jitter with probability ``jitter_prob`` (brightness, contrast, saturation and
-hue in a random order drawn per image, as ``torchvision.transforms.ColorJitter`` draws one per call; with
-``jitter_random_order: false`` the fixed order brightness, contrast, saturation, hue, which costs about
-a third less on the CPU), random grayscale, Gaussian blur, then solarisation (BYOL, Grill et al. 2020).
-The colour ops follow ``torchvision.transforms.functional.adjust_*`` and clamp to [0, 1] after each op; grey levels use the ITU-R 601 luma (0.299, 0.587, 0.114), the weights the data
-pre-processing uses (torchvision's 0.2989 differs by 1e-4 of the red channel).
-
-Each op has a ``sample_*`` function (draws the per-image parameters) and a deterministic function that
-applies given parameters, so tests can feed the same parameters to a reference.
+Each op has a ``sample_*`` function that draws per-image parameters and a deterministic one that applies
+them, so tests can feed the same parameters to torchvision.
 """
 
 from __future__ import annotations
@@ -36,7 +24,15 @@ BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
 
 
 def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """A seeded generator on ``device``: the one source of randomness for :class:`SimCLRAugment`."""
+    """A seeded generator on ``device``: the one source of randomness for :class:`ViewAugmentation`.
+
+    Args:
+        seed: the seed.
+        device: where the images to augment live (the generator must live on the same device type).
+
+    Returns:
+        The generator.
+    """
     return torch.Generator(device=torch.device(device)).manual_seed(int(seed))
 
 
@@ -78,20 +74,39 @@ def _per_image(v: Tensor, x: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class CropParams:
-    """Per-image crop boxes in input pixels (x0, y0, w, h; continuous) and horizontal flips."""
+    """Per-image crop boxes and horizontal flips.
 
-    boxes: Tensor  # (N, 4) float32
-    flip: Tensor  # (N,) bool
+    Attributes:
+        boxes: (N, 4) float32 boxes (x0, y0, w, h) in input pixels, continuous.
+        flip: (N,) bool, true where the image is mirrored.
+    """
+
+    boxes: Tensor
+    flip: Tensor
 
 
 def sample_crop_params(n: int, height: int, width: int, scale: tuple[float, float],
                        ratio: tuple[float, float], hflip_prob: float, generator: torch.Generator,
                        device: torch.device | str = "cpu", attempts: int = 10) -> CropParams:
-    """torchvision's RandomResizedCrop.get_params for N images at once.
+    """torchvision's ``RandomResizedCrop.get_params`` for N images at once, plus the flips.
 
     Like torchvision, up to ``attempts`` (area, log-ratio) pairs are tried per image and the first that
     fits is kept, else a centre crop of the whole image with the ratio clamped to ``ratio``; unlike
     torchvision, sizes and positions are continuous (grid_sample needs no integer box).
+
+    Args:
+        n: the number of images.
+        height: their height in pixels.
+        width: their width in pixels.
+        scale: the range of the crop's share of the image's area.
+        ratio: the range of the crop's width / height.
+        hflip_prob: the probability of a horizontal flip.
+        generator: the source of randomness, on ``device``.
+        device: where to draw.
+        attempts: draws per image before the centre-crop fallback.
+
+    Returns:
+        The crops and flips of the N images.
     """
     device = torch.device(device)
     area = float(height * width)
@@ -123,7 +138,11 @@ def sample_crop_params(n: int, height: int, width: int, scale: tuple[float, floa
 
 
 def crop_theta(params: CropParams, height: int, width: int) -> Tensor:
-    """(N, 2, 3) affine matrices mapping output to input normalised coordinates (align_corners=False)."""
+    """The affine matrices of ``F.affine_grid`` for crops of a (height, width) image.
+
+    Returns:
+        (N, 2, 3) matrices mapping output to input normalised coordinates (align_corners=False).
+    """
     x0, y0, w, h = params.boxes.unbind(1)
     sx = w / width
     sy = h / height
@@ -135,7 +154,16 @@ def crop_theta(params: CropParams, height: int, width: int) -> Tensor:
 
 
 def apply_crop(x: Tensor, params: CropParams, out_size: int) -> Tensor:
-    """Crop every image to its box, flip it if asked, and resize it to out_size (bilinear)."""
+    """Crop every image to its box, flip it if asked, and resize it (bilinear).
+
+    Args:
+        x: (N, C, H, W) images in [0, 1].
+        params: their crops and flips.
+        out_size: the output side S.
+
+    Returns:
+        (N, C, S, S) crops.
+    """
     _check_images(x)
     n, c, height, width = x.shape
     theta = crop_theta(params, height, width).to(x.dtype)
@@ -148,6 +176,7 @@ def apply_crop(x: Tensor, params: CropParams, out_size: int) -> Tensor:
 
 def random_resized_crop(x: Tensor, out_size: int, scale: tuple[float, float], ratio: tuple[float, float],
                         hflip_prob: float, generator: torch.Generator) -> Tensor:
+    """:func:`sample_crop_params` then :func:`apply_crop`: (N, C, H, W) -> (N, C, out_size, out_size)."""
     _check_images(x)
     params = sample_crop_params(x.shape[0], x.shape[2], x.shape[3], scale, ratio, hflip_prob,
                                 generator, x.device)
@@ -158,7 +187,7 @@ def random_resized_crop(x: Tensor, out_size: int, scale: tuple[float, float], ra
 
 
 def rgb_to_grayscale(x: Tensor) -> Tensor:
-    """(N, 3, H, W) -> (N, 1, H, W) luma; a 1-channel batch is returned as is."""
+    """ITU-R 601 luma: (N, 3, H, W) -> (N, 1, H, W); a 1-channel batch is returned as is."""
     if x.shape[1] == 1:
         return x
     # Scalar weights, not a weight tensor: building one from Python data on a CUDA device is a
@@ -179,25 +208,41 @@ def _blend(x: Tensor, ref: Tensor, factor: Tensor) -> Tensor:
 
 
 def adjust_brightness(x: Tensor, factor: Tensor) -> Tensor:
-    """Per-image ``torchvision.transforms.functional.adjust_brightness``; factor (N,)."""
+    """Per-image ``torchvision.transforms.functional.adjust_brightness``.
+
+    Args:
+        x: (N, C, H, W) images in [0, 1].
+        factor: (N,) multipliers.
+
+    Returns:
+        The adjusted images, clamped to [0, 1].
+    """
     return (x * _per_image(factor, x)).clamp_(0, 1)
 
 
 def adjust_contrast(x: Tensor, factor: Tensor) -> Tensor:
-    """Per-image adjust_contrast: blend with the mean grey level of each image."""
+    """Per-image ``adjust_contrast``: ``f x + (1 - f) mean grey`` of (N, C, H, W) ``x``, factor (N,)."""
     mean = rgb_to_grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
     return _blend(x, mean, factor)
 
 
 def adjust_saturation(x: Tensor, factor: Tensor) -> Tensor:
-    """Per-image adjust_saturation: blend with each image's grey version; no-op for 1 channel."""
+    """Per-image ``adjust_saturation``: ``f x + (1 - f) grey`` of (N, C, H, W) ``x``, factor (N,); a no-op
+    on one channel."""
     if x.shape[1] == 1:
         return x
     return _blend(x, rgb_to_grayscale(x), factor)
 
 
-def _hue6_max_delta(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Six times the HSV hue (in [-1, 6): not wrapped), max and max - min of (N, 3, H, W) RGB, each (N, H, W).
+def hue6_max_delta(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The HSV decomposition :func:`adjust_hue` rotates, without the divisions it does not need.
+
+    Args:
+        x: (N, 3, H, W) RGB in [0, 1].
+
+    Returns:
+        Six times the HSV hue (in [-1, 6): not wrapped), the max and max - min over the channels (the HSV
+        value, and value x saturation), each (N, H, W).
 
     The hue sector is picked by gathering instead of per-pixel ``torch.where``s and ``max(dim)``, both
     slow on the CPU; ties go to red, then green, as in torchvision (the formulas agree at ties anyway).
@@ -216,8 +261,17 @@ def _hue6_max_delta(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return torch.addcmul(2 * sector.to(x.dtype), num, inv), maxc, delta
 
 
-def _rgb_from_hue6(h6: Tensor, maxc: Tensor, delta: Tensor, shift: Tensor | None = None) -> Tensor:
-    """RGB from 6 h (any value >= -1), max and max - min, hue first rotated by shift (N,) turns.
+def rgb_from_hue6(h6: Tensor, maxc: Tensor, delta: Tensor, shift: Tensor | None = None) -> Tensor:
+    """The inverse of :func:`hue6_max_delta`, the hue first rotated.
+
+    Args:
+        h6: six times the hue, (N, H, W), any value >= -1.
+        maxc: the max over the channels, (N, H, W).
+        delta: max - min over the channels, (N, H, W).
+        shift: (N,) hue rotations in turns; None: none.
+
+    Returns:
+        (N, 3, H, W) RGB.
 
     Closed form f(n) = v - v s clamp(min(k, 4 - k), 0, 1), k = (n + 6 h) mod 6, n = 5, 3, 1 for R, G, B
     (v s = max - min): no six-way case split. The offset keeps the argument of frac positive.
@@ -231,46 +285,56 @@ def _rgb_from_hue6(h6: Tensor, maxc: Tensor, delta: Tensor, shift: Tensor | None
     return torch.sub(maxc.unsqueeze(1), w.mul_(delta.unsqueeze(1)))
 
 
-def rgb_to_hsv(x: Tensor) -> Tensor:
-    """(N, 3, H, W) RGB in [0, 1] -> HSV with h in [0, 1) (torchvision's convention)."""
-    h6, v, delta = _hue6_max_delta(x)
-    h = ((h6 + 6.0) * (1.0 / 6.0)).frac_()
-    s = delta / torch.where(v > 0, v, 1.0)
-    return torch.stack([h, s, v], dim=1)
-
-
-def hsv_to_rgb(hsv: Tensor) -> Tensor:
-    """(N, 3, H, W) HSV (h in turns) -> RGB."""
-    h, s, v = hsv.unbind(1)
-    return _rgb_from_hue6(6.0 * h, v, v * s)
-
-
 def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
-    """Per-image adjust_hue: rotate the hue by shift (N,) turns; a zero shift returns the image exactly;
-    no-op for 1 channel."""
+    """Per-image ``adjust_hue``: rotate the hue of (N, C, H, W) ``x`` by ``shift`` (N,) turns.
+
+    A zero shift returns the image exactly; a no-op on one channel.
+    """
     if x.shape[1] == 1:
         return x
-    h6, maxc, delta = _hue6_max_delta(x)
-    return _select(shift != 0, _rgb_from_hue6(h6, maxc, delta, shift), x)
+    h6, maxc, delta = hue6_max_delta(x)
+    return _select(shift != 0, rgb_from_hue6(h6, maxc, delta, shift), x)
 
 
 @dataclass(frozen=True)
 class JitterParams:
-    """Per-image colour-jitter factors; images not jittered carry the neutral values (1, 1, 1, 0)."""
+    """Per-image colour-jitter factors; images not jittered carry the neutral values (1, 1, 1, 0).
 
-    brightness: Tensor  # (N,) multiplier
-    contrast: Tensor  # (N,) blend factor towards the mean grey
-    saturation: Tensor  # (N,) blend factor towards the grey image
-    hue: Tensor  # (N,) shift in turns
-    # (N, 4) int64, each row a permutation of BRIGHTNESS, CONTRAST, SATURATION, HUE; None: that fixed
-    # order for every image, which needs half the blend passes.
+    Attributes:
+        brightness: (N,) multipliers.
+        contrast: (N,) blend factors towards the mean grey.
+        saturation: (N,) blend factors towards the grey image.
+        hue: (N,) shifts in turns.
+        order: (N, 4) int64, each row a permutation of BRIGHTNESS, CONTRAST, SATURATION, HUE; None: that
+            fixed order for every image, which needs half the blend passes.
+    """
+
+    brightness: Tensor
+    contrast: Tensor
+    saturation: Tensor
+    hue: Tensor
     order: Tensor | None = None
 
 
 def sample_jitter_params(n: int, brightness: float, contrast: float, saturation: float, hue: float,
                          prob: float, generator: torch.Generator, device: torch.device | str = "cpu",
                          random_order: bool = True) -> JitterParams:
-    """Factors drawn as torchvision's ColorJitter draws them, independently per image."""
+    """Factors drawn as torchvision's ``ColorJitter`` draws them, independently per image.
+
+    Args:
+        n: the number of images.
+        brightness: factors are drawn from [max(0, 1 - brightness), 1 + brightness].
+        contrast: likewise.
+        saturation: likewise.
+        hue: shifts are drawn from [-hue, hue] turns.
+        prob: the probability that an image is jittered at all.
+        generator: the source of randomness, on ``device``.
+        device: where to draw.
+        random_order: a fresh order of the four ops per image (torchvision's); false: the fixed order.
+
+    Returns:
+        The N images' factors (and orders).
+    """
     device = torch.device(device)
     active = _bernoulli(n, prob, generator, device)
     b = _uniform((n,), max(0.0, 1 - brightness), 1 + brightness, generator, device)
@@ -301,7 +365,8 @@ def _blend_slot(x: Tensor, op: Tensor, p: JitterParams, on: Tensor) -> Tensor:
 
 
 def apply_color_jitter(x: Tensor, p: JitterParams) -> Tensor:
-    """Apply every image's four colour ops in its own order, clamping to [0, 1] after each op.
+    """Apply every image's four colour ops in its own order to (N, C, H, W) ``x``, clamping to [0, 1] after
+    each op.
 
     Hue, the one costly op, runs once: the three cheap ops before it fill positions 0..2 and those
     after it positions 1..3 (each blend slot is exact identity for images with nothing to do there).
@@ -311,20 +376,21 @@ def apply_color_jitter(x: Tensor, p: JitterParams) -> Tensor:
     if p.order is None:
         x = adjust_contrast(adjust_brightness(x, p.brightness), p.contrast)
         return adjust_hue(adjust_saturation(x, p.saturation), p.hue)
+    order = p.order
     if x.shape[1] == 1:
-        p = JitterParams(p.brightness, p.contrast, torch.ones_like(p.saturation),
-                         torch.zeros_like(p.hue), p.order)
-    hue_pos = (p.order == HUE).to(torch.int64).argmax(dim=1)
+        p = JitterParams(p.brightness, p.contrast, torch.ones_like(p.saturation), torch.zeros_like(p.hue), order)
+    hue_pos = (order == HUE).to(torch.int64).argmax(dim=1)
     for k in range(3):
-        x = _blend_slot(x, p.order[:, k], p, on=k < hue_pos)
+        x = _blend_slot(x, order[:, k], p, on=hue_pos > k)
     x = adjust_hue(x, p.hue)
     for k in range(1, 4):
-        x = _blend_slot(x, p.order[:, k], p, on=k > hue_pos)
+        x = _blend_slot(x, order[:, k], p, on=hue_pos < k)
     return x
 
 
 def color_jitter(x: Tensor, brightness: float, contrast: float, saturation: float, hue: float,
                  prob: float, generator: torch.Generator, random_order: bool = True) -> Tensor:
+    """:func:`sample_jitter_params` then :func:`apply_color_jitter` on (N, C, H, W) ``x``."""
     _check_images(x)
     p = sample_jitter_params(x.shape[0], brightness, contrast, saturation, hue, prob, generator,
                              x.device, random_order)
@@ -332,13 +398,14 @@ def color_jitter(x: Tensor, brightness: float, contrast: float, saturation: floa
 
 
 def grayscale_where(x: Tensor, mask: Tensor) -> Tensor:
-    """Replace the images picked by mask (N,) with their luma, replicated to 3 channels."""
+    """Replace the (N, 3, H, W) images picked by ``mask`` (N,) with their luma, replicated to 3 channels."""
     if x.shape[1] == 1:
         return x
     return _select(mask, rgb_to_grayscale(x).expand_as(x), x)
 
 
 def random_grayscale(x: Tensor, prob: float, generator: torch.Generator) -> Tensor:
+    """Turn each image of (N, C, H, W) ``x`` grey with probability ``prob``."""
     _check_images(x)
     return grayscale_where(x, _bernoulli(x.shape[0], prob, generator, x.device))
 
@@ -347,20 +414,37 @@ def random_grayscale(x: Tensor, prob: float, generator: torch.Generator) -> Tens
 
 
 def blur_kernel_size(out_size: int) -> int:
-    """About 10% of the side, odd, at least 3 (SimCLR's choice)."""
+    """The blur kernel's side for images of side ``out_size``: about 10% of it, odd, at least 3 (SimCLR's)."""
     k = int(round(0.1 * out_size))
     return max(3, k if k % 2 else k + 1)
 
 
 def gaussian_kernels(sigma: Tensor, size: int) -> Tensor:
-    """(N,) sigmas -> (N, size) normalised 1-D Gaussian kernels (torchvision's discretisation)."""
+    """Normalised 1-D Gaussian kernels (torchvision's discretisation).
+
+    Args:
+        sigma: (N,) standard deviations in pixels.
+        size: the kernels' length.
+
+    Returns:
+        (N, size) kernels, each summing to 1.
+    """
     t = torch.arange(size, dtype=sigma.dtype, device=sigma.device) - (size - 1) / 2
     k = torch.exp(-0.5 * (t / sigma.unsqueeze(1)) ** 2)
     return k / k.sum(dim=1, keepdim=True)
 
 
 def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
-    """Blur every image with its own sigma: separable depthwise conv, one group per (image, channel)."""
+    """Blur every image with its own sigma: a separable depthwise conv, one group per (image, channel).
+
+    Args:
+        x: (N, C, H, W) images.
+        sigma: (N,) standard deviations in pixels.
+        kernel_size: odd kernel side.
+
+    Returns:
+        The blurred images, (N, C, H, W).
+    """
     _check_images(x)
     if kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size: must be a positive odd number, got {kernel_size}")
@@ -378,6 +462,7 @@ def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
 
 def random_gaussian_blur(x: Tensor, prob: float, sigma: tuple[float, float], kernel_size: int,
                          generator: torch.Generator) -> Tensor:
+    """Blur each image of (N, C, H, W) ``x`` with probability ``prob``, sigma uniform in ``sigma``."""
     _check_images(x)
     n = x.shape[0]
     s = _uniform((n,), sigma[0], sigma[1], generator, x.device)
@@ -391,13 +476,15 @@ SOLARIZE_THRESHOLD = 0.5  # BYOL's (128 of 255), torchvision's RandomSolarize on
 
 
 def solarize_where(x: Tensor, mask: Tensor, threshold: float = SOLARIZE_THRESHOLD) -> Tensor:
-    """Invert the pixels >= threshold (``1 - x``) of the images picked by mask (N,), as torchvision's solarize."""
+    """Invert the pixels >= threshold (``1 - x``) of the (N, C, H, W) images picked by ``mask`` (N,), as
+    torchvision's ``solarize``."""
     _check_images(x)
     return torch.where(mask.view(-1, 1, 1, 1) & (x >= threshold), 1.0 - x, x)
 
 
 def random_solarize(x: Tensor, prob: float, generator: torch.Generator,
                     threshold: float = SOLARIZE_THRESHOLD) -> Tensor:
+    """Solarise each image of (N, C, H, W) ``x`` with probability ``prob`` (Grill et al. 2020, table 6)."""
     _check_images(x)
     return solarize_where(x, _bernoulli(x.shape[0], prob, generator, x.device), threshold)
 
@@ -412,11 +499,21 @@ def _check_range(name: str, lo_hi: tuple[float, float], low: float, high: float 
         raise UserError(f"pretrain.augment.{name}: expected {bound}, got {tuple(lo_hi)}")
 
 
-class SimCLRAugment:
-    """One SimCLR view of every image in a batch: (N, C, H, W) in [0, 1] -> (N, C, out, out) in [0, 1].
+class ViewAugmentation:
+    """One random view of every image in a batch, the same recipe for every SSL method.
 
-    Call it twice with the same generator for the two views. Ops whose probability or strength is zero
-    in the config are skipped outright (a Python decision on the config, not on the data).
+    The order is SimCLR's (Chen et al. 2020, appendix A): random resized crop and horizontal flip, colour
+    jitter, random grayscale, Gaussian blur; then BYOL's solarisation (Grill et al. 2020). A method's
+    two views are two instances (:meth:`pipeline.methods.base.Method.view_configs`) called with the same
+    generator. Ops whose probability or strength is zero in the config are skipped outright (a decision
+    on the config, not on the data).
+
+    Args:
+        cfg: the ``pretrain.augment`` section (or a method's variant of it).
+        out_size: the side S of the views.
+
+    Raises:
+        ValueError: a range of the config is empty or out of bounds, or ``out_size`` < 1.
     """
 
     def __init__(self, cfg: AugmentConfig, out_size: int) -> None:
@@ -432,10 +529,16 @@ class SimCLRAugment:
                                                 or cfg.saturation > 0 or cfg.hue > 0)
 
     def __repr__(self) -> str:
-        return f"SimCLRAugment(out_size={self.out_size}, {self.cfg!r})"
+        return f"ViewAugmentation(out_size={self.out_size}, {self.cfg!r})"
 
     @torch.no_grad()
     def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        """The views of (N, C, H, W) images in [0, 1]: (N, C, S, S) in [0, 1].
+
+        Args:
+            x: the images, C 1 or 3.
+            generator: the source of randomness, on the images' device.
+        """
         _check_images(x)
         _check_generator(generator, x.device)
         if x.shape[0] == 0:

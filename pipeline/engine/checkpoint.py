@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from pipeline.config import PretrainConfig
+from pipeline.data.shards import ImageArray
 from pipeline.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -30,21 +31,29 @@ _UNREADABLE = (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeErro
                AttributeError, TypeError, OSError)
 
 
-def fingerprint(cfg: PretrainConfig, images: np.ndarray | str, seed: int, epochs: int | None = None,
+def fingerprint(cfg: PretrainConfig, images: ImageArray | str, seed: int, epochs: int | None = None,
                 world_size: int = 1) -> str:
     """What a checkpoint must match to be resumed: everything that changes the result.
 
-    ``images`` is the training array, or a digest that stands for it (a manifest's sha256).
-    ``world_size`` (torchrun ranks) sets the global batch, the steps per epoch and so the schedule.
+    Args:
+        cfg: the pretraining params (where it runs, the thread count and the monitor do not count).
+        images: the training array, or a digest that stands for it (a manifest's sha256).
+        seed: the training seed.
+        epochs: the epoch budget (default ``cfg.epochs``): it shapes the schedule.
+        world_size: torchrun ranks: they set the global batch, the steps per epoch and so the schedule.
+
+    Returns:
+        A sha256 hex digest.
     """
-    d = cfg.model_dump(by_alias=True, exclude={"out_dir", "device", "num_threads"})
+    # Where and how it runs, and what is measured alongside (the monitor), do not change the result.
+    d = cfg.model_dump(by_alias=True, exclude={"out_dir", "device", "num_threads", "monitor_every"})
     d["epochs"] = epochs or cfg.epochs
     if world_size > 1:  # one process keeps the fingerprints it always had
         d["world_size"] = world_size
     if isinstance(images, str):
         data = images
     else:
-        data = hashlib.sha256(memoryview(np.ascontiguousarray(images)).cast("B")).hexdigest()
+        data = hashlib.sha256(np.ascontiguousarray(images).data.cast("B")).hexdigest()
     return hashlib.sha256(json.dumps([d, seed, data], sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -57,7 +66,16 @@ def set_aside(path: Path, why: str) -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict | None:
-    """The checkpoint's state, or None when there is none or it was unreadable (then it is set aside)."""
+    """The checkpoint's state, or None when there is none or it was unreadable (then it is set aside).
+
+    Args:
+        path: the checkpoint file.
+        map_location: where its tensors are loaded.
+
+    Returns:
+        The state :class:`pipeline.engine.trainer.Trainer` saved: ``fingerprint``, ``epoch``, ``history``,
+        ``meta``, ``num_threads`` and the state dicts of the encoder, method, optimiser and scheduler.
+    """
     path = Path(path)
     if not path.exists():
         return None
@@ -73,8 +91,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def read_checkpoint_meta(path: str | Path) -> dict | None:
-    """The fingerprint, epochs done, their metrics and caller metadata of a checkpoint, or None when there
-    is none."""
+    """A checkpoint's ``fingerprint``, ``epoch`` (done), ``history`` (their metrics), ``meta`` (the
+    caller's) and ``num_threads``, without its weights; None when there is none."""
     state = load_checkpoint(path)
     if state is None:
         return None
@@ -83,5 +101,6 @@ def read_checkpoint_meta(path: str | Path) -> dict | None:
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
+    """Write ``state`` to ``path`` atomically (a crash mid-write leaves the previous checkpoint)."""
     with atomic_path(path) as tmp:
         torch.save(state, tmp)

@@ -4,23 +4,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from pipeline.data.preprocess import to_model_input
+from pipeline.data.shards import ImageArray
 from pipeline.models import Encoder
 
 
 @dataclass
 class Features:
-    h: torch.Tensor  # (N, feature_dim) float32, backbone output
-    z: torch.Tensor  # (N, projection_dim) float32, projection-head output
+    """The features of one split.
+
+    Attributes:
+        h: (N, feature_dim) float32, the backbone's output.
+        z: (N, projection_dim) float32, the projection head's output.
+    """
+
+    h: torch.Tensor
+    z: torch.Tensor
 
     def __len__(self) -> int:
         return int(self.h.shape[0])
 
     def level(self, name: str) -> torch.Tensor:
+        """``h`` for ``"backbone"``, ``z`` for ``"projection"``; ValueError otherwise."""
         if name == "backbone":
             return self.h
         if name == "projection":
@@ -28,14 +36,27 @@ class Features:
         raise ValueError(f"feature level must be 'backbone' or 'projection', got {name!r}")
 
 
-def extract_features(encoder: Encoder, images: np.ndarray, batch_size: int = 512,
+def extract_features(encoder: Encoder, images: ImageArray, batch_size: int = 512,
                      device: torch.device | str = "cpu", progress: bool = False,
                      desc: str = "features") -> Features:
-    """h and z for uint8 (N, H, W, C) images, on ``device``; the encoder is moved there.
+    """h and z of images, in eval mode, restoring the encoder's mode afterwards.
 
-    Runs in eval mode (batch norm uses its running statistics, so a sample's features do not depend on
-    the batch it shares) and restores the encoder's previous mode afterwards, so a training loop can call
-    this between epochs.
+    Batch norm uses its running statistics, so an image's features do not depend on the batch it shares,
+    and a training loop can call this between epochs.
+
+    Args:
+        encoder: the encoder; it is moved to ``device``.
+        images: uint8 (N, H, W, C) images (an array or memory-mapped shards).
+        batch_size: images per forward pass.
+        device: where to run.
+        progress: show a progress bar.
+        desc: the progress bar's label.
+
+    Returns:
+        The features, on ``device``.
+
+    Raises:
+        ValueError: a batch size below 1, or images of other channels than the encoder's.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -15,7 +15,23 @@ _BLOCK_ELEMENTS = 2**25
 
 def knn_predict(train_x: torch.Tensor, train_y: torch.Tensor, query_x: torch.Tensor, ks: list[int],
                 temperature: float, num_classes: int, chunk_size: int | None = None) -> dict[int, torch.Tensor]:
-    """Predicted class of every query for each k (k clipped to the training-set size), keyed by the given k."""
+    """The weighted kNN prediction of every query, for each k.
+
+    Args:
+        train_x: (N_train, d) memory features.
+        train_y: (N_train,) their labels.
+        query_x: (N_query, d) query features.
+        ks: the neighbour counts (each clipped to N_train).
+        temperature: t in the vote weight exp(cosine / t).
+        num_classes: the label range.
+        chunk_size: queries per similarity block (default: a 128 MiB block).
+
+    Returns:
+        {k: (N_query,) int64 predicted classes}.
+
+    Raises:
+        ValueError: an empty memory, a k below 1 or a temperature <= 0.
+    """
     if not ks or min(ks) < 1:
         raise ValueError(f"knn k values must be >= 1, got {ks}")
     if temperature <= 0:
@@ -47,7 +63,15 @@ def knn_predict(train_x: torch.Tensor, train_y: torch.Tensor, query_x: torch.Ten
 def knn_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, query_x: torch.Tensor, query_y: torch.Tensor,
                  ks: list[int], temperature: float, num_classes: int,
                  chunk_size: int | None = None) -> dict[int, float]:
-    """Top-1 accuracy of the weighted kNN classifier for each k."""
+    """Top-1 accuracy of the weighted kNN classifier for each k.
+
+    Args:
+        train_x, train_y, query_x, ks, temperature, num_classes, chunk_size: as for :func:`knn_predict`.
+        query_y: (N_query,) the queries' labels.
+
+    Returns:
+        {k: the share of queries predicted right} (NaN for no queries).
+    """
     preds = knn_predict(train_x, train_y, query_x, ks, temperature, num_classes, chunk_size)
     query_y = query_y.to(train_x.device)
     if len(query_y) == 0:

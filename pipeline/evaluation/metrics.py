@@ -1,23 +1,6 @@
 """Evaluate a frozen encoder: linear probe, kNN, collapse metrics and head sparsity, on h and on z.
 
-Metric keys (flat; all floats). Backbone level h has no suffix; projection level z has the suffix ``_z``:
-
-- ``val_linear_top1``, ``val_linear_top5``, ``test_linear_top1``, ``test_linear_top5``: linear probe
-  (top-5 is 1.0 when there are fewer than 5 classes); ``linear_weight_decay``: the decay chosen on val.
-- ``val_knn{k}_top1``, ``test_knn{k}_top1`` for each k in ``evaluate.knn_k`` (e.g. ``test_knn20_top1``).
-- ``rankme``, ``dims99``: RankMe (Garrido et al.: singular values of the raw feature matrix) and the
-  99%-variance dimension count of the training features; ``rankme_l2``: RankMe of the L2-normalised rows.
-- The same with ``_z``: ``test_linear_top1_z``, ``test_knn20_top1_z``, ``rankme_z``, ...
-- Head report, as :func:`pipeline.sparsehead.head_stats` names it: ``head_l1_layer{i}``,
-  ``head_sparsity_layer{i}``, ``head_sparsity``, ``head_features_used``, ``head_features_used_frac``.
-- With ``evaluate.random_baseline``: every key above prefixed ``random_`` for a randomly initialised
-  encoder of the same spec (seeded), plus ``ssl_gain_linear`` (test_linear_top1 - random_test_linear_top1)
-  and ``ssl_gain_knn`` (the same for kNN at the smallest k); on val when no test split is given.
-- ``num_train``, ``num_val``, ``num_test``; timing: ``eval_seconds`` (all of it), ``eval_extract_seconds``,
-  ``eval_linear_seconds``, ``eval_knn_seconds``, ``eval_spectrum_seconds`` (trained + random).
-
-``test_*`` keys are absent when no test split is given. Tuning must select on validation only:
-:func:`knn_score` and :func:`validation_report` never look at test data.
+Tuning must select on validation only: :func:`knn_score` and :func:`validation_report` never look at test.
 """
 
 from __future__ import annotations
@@ -33,7 +16,7 @@ import numpy as np
 import torch
 
 from pipeline.config import EvaluateConfig
-from pipeline.data.arrays import Split
+from pipeline.data.format import Split
 from pipeline.evaluation.features import Features, extract_features
 from pipeline.evaluation.knn import knn_accuracy
 from pipeline.evaluation.probe import linear_probe
@@ -48,6 +31,8 @@ Objective = Literal["knn", "linear"]
 
 @dataclass
 class EvalResult:
+    """What :func:`evaluate_encoder` measured: the metrics, the spectra and the h probe's test predictions."""
+
     metrics: dict[str, float]
     spectra: dict[str, np.ndarray]  # "backbone", "projection" [, "random_backbone", "random_projection"]
     test_labels: np.ndarray | None = None  # for the confusion matrix of the h probe
@@ -79,7 +64,7 @@ class _Timer:
 
 
 def random_encoder(spec: EncoderSpec, seed: int) -> Encoder:
-    """An encoder of the same spec with seeded random weights, in eval mode; global RNG state untouched."""
+    """An encoder of ``spec`` with weights drawn from ``seed``, in eval mode; the global RNG is left as it was."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         enc = Encoder(spec)
@@ -141,7 +126,34 @@ def _evaluate_one(encoder: Encoder, splits: dict[str, Split], num_classes: int, 
 def evaluate_encoder(encoder: Encoder, train: Split, val: Split, test: Split | None, num_classes: int,
                      cfg: EvaluateConfig, device: torch.device | str = "cpu", seed: int = 0,
                      progress: bool = False) -> EvalResult:
-    """Every metric in this module's docstring, for ``encoder`` and (optionally) its random twin."""
+    """Every evaluation metric of ``encoder`` and (with ``cfg.random_baseline``) of its random twin.
+
+    Args:
+        encoder: the frozen encoder.
+        train, val, test: the probe's and kNN's memory, the split that chooses the probe's decay, and the
+            held-out split (None: no ``test_*`` keys; the SSL gain is then measured on val).
+        num_classes: the label range.
+        cfg: the evaluation params.
+        device: where to run.
+        seed: the probe's batch order and the random encoder's weights.
+        progress: show progress bars.
+
+    Returns:
+        Flat float metrics; the backbone's h has no suffix and the projection's z has ``_z``:
+
+        - ``val_linear_top1``, ``val_linear_top5``, ``test_linear_top1``, ``test_linear_top5`` (top-5 is 1.0
+          with fewer than 5 classes), ``linear_weight_decay`` (the decay chosen on val);
+        - ``val_knn{k}_top1``, ``test_knn{k}_top1`` for each k of ``cfg.knn_k``;
+        - ``rankme`` (Garrido et al.), ``rankme_l2`` (on L2-normalised rows), ``dims99`` of the training
+          features;
+        - the head report of :func:`pipeline.sparsehead.head_stats`;
+        - with the random baseline, every key above prefixed ``random_``, and ``ssl_gain_linear``
+          (linear top-1 minus the random encoder's) and ``ssl_gain_knn`` (the same at the smallest k);
+        - ``num_train``, ``num_val``, ``num_test``; timings ``eval_seconds``, ``eval_extract_seconds``,
+          ``eval_linear_seconds``, ``eval_knn_seconds``, ``eval_spectrum_seconds``.
+
+        And the spectra and test predictions for the plots.
+    """
     device = torch.device(device)
     start = time.perf_counter()
     timer = _Timer(device)
@@ -172,7 +184,16 @@ def _num_classes(*splits: Split) -> int:
 
 def knn_score(encoder: Encoder, train: Split, val: Split, cfg: EvaluateConfig,
               device: torch.device | str = "cpu", num_classes: int | None = None) -> float:
-    """Fast tuning signal: validation kNN top-1 at the smallest k on backbone features h."""
+    """The fast tuning signal: validation kNN top-1 of h at the smallest ``cfg.knn_k`` (a share).
+
+    Args:
+        encoder: the encoder.
+        train: the kNN's memory (labelled).
+        val: the queries.
+        cfg: the evaluation params.
+        device: where to run.
+        num_classes: the label range (default: from the labels).
+    """
     device = torch.device(device)
     tr = extract_features(encoder, train.images, cfg.batch_size, device)
     va = extract_features(encoder, val.images, cfg.batch_size, device)
@@ -187,8 +208,22 @@ def validation_report(encoder: Encoder, train: Split, val: Split, num_classes: i
                       ) -> dict[str, float]:
     """What tuning reads of one trained encoder, from one feature extraction, on validation only.
 
-    ``knn`` (top-1 at the smallest k, on h), ``linear`` (probe top-1 on h; computed when ``objective`` is
-    ``linear``), ``rankme`` and ``rankme_z`` of the training features, and the head's statistics.
+    Args:
+        encoder: the encoder.
+        train: the kNN's memory and the probe's training data.
+        val: the split scored.
+        num_classes: the label range.
+        cfg: the evaluation params.
+        device: where to run.
+        seed: the probe's batch order.
+        objective: ``linear`` also trains the probe.
+
+    Returns:
+        ``knn`` (top-1 at the smallest k, on h), ``linear`` (probe top-1 on h, for the ``linear`` objective),
+        ``rankme`` and ``rankme_z`` of the training features, and the head's statistics.
+
+    Raises:
+        ValueError: an unknown objective.
     """
     if objective not in ("knn", "linear"):
         raise ValueError(f"objective must be 'knn' or 'linear', got {objective!r}")

@@ -24,6 +24,8 @@ TOP5 = 5
 
 @dataclass
 class ProbeResult:
+    """The linear probe's outcome: the weight decay chosen on validation and its accuracies (shares)."""
+
     weight_decay: float  # the one chosen on validation
     val_top1: float
     val_top5: float
@@ -41,7 +43,7 @@ def _check_labels(name: str, labels: torch.Tensor, num_classes: int) -> None:
 
 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
-    """Share of rows whose label is among the k largest logits (k clipped to the class count)."""
+    """The share of rows of (N, C) ``logits`` whose label is among the k largest (k clipped to C); NaN for N = 0."""
     if labels.numel() == 0:
         return float("nan")
     k = min(k, logits.shape[-1])
@@ -50,7 +52,7 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
 
 
 def standardize(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
-    """Scale by the training mean and std; a constant feature gets std 1 rather than a division by ~0."""
+    """``train`` and ``others`` scaled by the training mean and std (a constant feature gets std 1)."""
     mean = train.mean(dim=0, keepdim=True)
     std = train.std(dim=0, keepdim=True, unbiased=False)
     std = torch.where(std > 1e-6, std, torch.ones_like(std))
@@ -60,7 +62,22 @@ def standardize(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor
 def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
                  test_x: torch.Tensor | None, test_y: torch.Tensor | None, num_classes: int,
                  cfg: ProbeConfig, seed: int = 0) -> ProbeResult:
-    """Train one classifier per ``cfg.weight_decays`` on train, pick the best on val, report val and test."""
+    """Train one classifier per ``cfg.weight_decays`` on train, pick the best on val, report val and test.
+
+    Args:
+        train_x, train_y: (N, d) features and (N,) labels to train on.
+        val_x, val_y: the validation features and labels, which choose the weight decay.
+        test_x, test_y: the test features and labels, or None.
+        num_classes: the label range.
+        cfg: ``evaluate.probe``.
+        seed: the batch order's seed.
+
+    Returns:
+        The chosen decay, val (and test) top-1/top-5, the test predictions, val top-1 per decay.
+
+    Raises:
+        ValueError: no weight decay, empty train or val, or labels out of range.
+    """
     start = time.perf_counter()
     if not cfg.weight_decays:
         raise ValueError("evaluate.probe.weight_decays must list at least one value")
@@ -70,9 +87,9 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tens
     train_y, val_y = train_y.to(device), val_y.to(device)
     _check_labels("train", train_y, num_classes)
     _check_labels("val", val_y, num_classes)
-    has_test = test_x is not None and test_y is not None
+    test = (test_x, test_y) if test_x is not None and test_y is not None else None
     xs = standardize(train_x.float(), val_x.float().to(device),
-                     *([test_x.float().to(device)] if has_test else []))
+                     *([test[0].float().to(device)] if test is not None else []))
     xtr, xval = xs[0], xs[1]
 
     n, d = xtr.shape
@@ -114,8 +131,8 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tens
             val_top1_by_wd={float(w): a for w, a in zip(cfg.weight_decays, val_top1, strict=True)},
             seconds=0.0,
         )
-        if has_test:
-            ty = test_y.to(device)
+        if test is not None:
+            ty = test[1].to(device)
             _check_labels("test", ty, num_classes)
             test_logits = logits_of(xs[2])[best]
             result.test_top1 = topk_accuracy(test_logits, ty, 1)

@@ -6,8 +6,8 @@
   along the principal axes.
 - RankMe (Garrido et al. 2023, "RankMe: Assessing the downstream performance of pretrained
   self-supervised representations by their rank"): exp of the entropy of p_k = sigma_k / sum(sigma) + eps,
-  where sigma are the singular values of the raw (N, d) feature matrix, as the paper defines it;
-  eps = 1e-7. Isotropic features give ~d, features on one line give ~1.
+  where sigma are the min(N, d) singular values of the raw (N, d) feature matrix, as the paper defines
+  it; eps = 1e-7. Isotropic features give ~min(N, d), features on one line give ~1.
 - ``rankme_l2``: the same on the L2-normalised rows, a variant that ignores the features' norms (it is
   not the published RankMe, and is reported under its own name).
 - dims99: the fewest principal axes whose variance (the covariance spectrum above) adds up to 99%.
@@ -36,7 +36,16 @@ class SpectrumStats:
 
 
 def rankme(singular_values: np.ndarray, eps: float = RANKME_EPS) -> float:
-    """exp(entropy) of the normalised singular values; 0 for an all-zero matrix."""
+    """RankMe (Garrido et al. 2023): exp of the entropy of the normalised singular values.
+
+    Args:
+        singular_values: the min(N, d) singular values of an (N, d) feature matrix
+            (:func:`singular_values`).
+        eps: added to each normalised value, as the paper does.
+
+    Returns:
+        The smooth rank, between ~1 (features on one line) and min(N, d); 0 for an all-zero matrix.
+    """
     s = np.asarray(singular_values, dtype=np.float64)
     total = s.sum()
     if total <= 0:
@@ -61,6 +70,17 @@ def _descending_eigvals(m: torch.Tensor) -> np.ndarray:
     return np.clip(ev, 0.0, None)[::-1].copy()  # PSD: negatives are rounding noise
 
 
+def singular_values(x: torch.Tensor) -> np.ndarray:
+    """The min(N, d) singular values of an (N, d) matrix, descending, in float64.
+
+    They are the square roots of the eigenvalues of the smaller Gram matrix (``X^T X`` or ``X X^T``): a
+    min(N, d)-sided problem however large the other side is.
+    """
+    x = x.double()
+    gram = x.T @ x if x.shape[0] >= x.shape[1] else x @ x.T
+    return np.sqrt(_descending_eigvals(gram))
+
+
 def spectrum_stats(features: torch.Tensor) -> SpectrumStats:
     """Covariance spectrum, RankMe (raw and L2-normalised rows) and dims99 of (N, d) features (any device)."""
     if features.ndim != 2 or len(features) < 2:
@@ -70,10 +90,8 @@ def spectrum_stats(features: torch.Tensor) -> SpectrumStats:
     centred = z - z.mean(dim=0, keepdim=True)
     cov = centred.T @ centred / (len(z) - 1)
     cov_spectrum = _descending_eigvals(cov)
-    # sigma(X)^2 are the eigenvalues of X^T X: a d x d problem however many rows there are.
-    raw_singular = np.sqrt(_descending_eigvals(raw.T @ raw))
-    l2_singular = np.sqrt(_descending_eigvals(z.T @ z))
-    return SpectrumStats(cov_spectrum, rankme(raw_singular), dims_for_share(cov_spectrum), rankme(l2_singular))
+    return SpectrumStats(cov_spectrum, rankme(singular_values(raw)), dims_for_share(cov_spectrum),
+                         rankme(singular_values(z)))
 
 
 def log_spectrum(singular_values: np.ndarray, rel_floor: float = 1e-16) -> np.ndarray:

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import TypeVar
 
 import torch
 from torch import nn
 
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
-def momentum_copy(module: nn.Module) -> nn.Module:
-    """A frozen copy of ``module`` to serve as its momentum target."""
+
+def momentum_copy(module: ModuleT) -> ModuleT:
+    """A frozen deep copy of ``module`` (no parameter requires grad), to serve as its momentum target."""
     target = copy.deepcopy(module)
     target.requires_grad_(False)
     return target
@@ -25,7 +28,11 @@ def momentum_copy(module: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def ema_update_(target: nn.Module, online: nn.Module, momentum: float) -> None:
-    """``target = momentum * target + (1 - momentum) * online``, parameter by parameter, in place."""
+    """``target = momentum * target + (1 - momentum) * online``, parameter by parameter, in place.
+
+    Raises:
+        ValueError: the two modules do not have the same number of parameters.
+    """
     t = [p.data for p in target.parameters()]
     o = [p.data for p in online.parameters()]
     if len(t) != len(o):
@@ -35,7 +42,15 @@ def ema_update_(target: nn.Module, online: nn.Module, momentum: float) -> None:
 
 
 def cosine_momentum(base: float, step: int, total_steps: int) -> float:
-    """BYOL's schedule: ``1 - (1 - base) (cos(pi k / K) + 1) / 2`` at update k = step - 1 of K = total_steps,
-    so the first update uses ``base`` and the momentum rises towards 1 at the end of training."""
+    """BYOL's schedule (Grill et al. 2020, section 3.2): ``1 - (1 - base) (cos(pi k / K) + 1) / 2``.
+
+    Args:
+        base: the momentum of the first update.
+        step: the update's number, from 1; k = step - 1.
+        total_steps: K, the run's number of updates.
+
+    Returns:
+        The momentum, rising from ``base`` towards 1 at the end of training.
+    """
     k = min(max(step - 1, 0), total_steps)
     return 1.0 - (1.0 - base) * (math.cos(math.pi * k / max(1, total_steps)) + 1.0) / 2.0

@@ -9,7 +9,15 @@ from pipeline.models.heads import ProjectionHead
 
 
 def build_predictor(encoder: Encoder, hidden: int) -> ProjectionHead:
-    """Linear-BN-ReLU-Linear from and to the projection's size (both papers' predictor)."""
+    """Linear-BN-ReLU-Linear from and to the projection's size (both papers' predictor).
+
+    Args:
+        encoder: the online encoder; its projection size is the predictor's input and output size.
+        hidden: the hidden width.
+
+    Returns:
+        The predictor, (N, D) -> (N, D).
+    """
     return ProjectionHead(encoder.projection_dim, [hidden], encoder.projection_dim, batch_norm=True)
 
 
@@ -21,4 +29,5 @@ class PredictorMixin:
     predictor: ProjectionHead
 
     def penalised_modules(self, include_predictor: bool) -> list[nn.Module]:
+        """``[predictor]`` when ``include_predictor``, else none."""
         return [self.predictor] if include_predictor else []

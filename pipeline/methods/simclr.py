@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 
-from pipeline.config import SSLConfig
-from pipeline.engine.distributed import DistContext, gather_with_grad
-from pipeline.methods.base import Method, OnlineForward, StepOutput, full_precision
+from pipeline.config import MethodParams
+from pipeline.methods.base import Method
+from pipeline.methods.registry import register_method
 from pipeline.models.encoder import Encoder
 
 
 class NTXentLoss(nn.Module):
-    """For a batch of N pairs, each of the 2N views must pick its partner among the other 2N - 1.
+    """NT-Xent: for a batch of N pairs, each of the 2N views must pick its partner among the other 2N - 1.
 
     ``loss = mean_i -log( exp(s(i, p(i)) / t) / sum_{k != i} exp(s(i, k) / t) )`` with s the cosine
-    similarity and p(i) the other view of the same image. Under DDP, pass gathered embeddings.
+    similarity and p(i) the other view of the same image (Chen et al. 2020, eq. 1). Under DDP, pass the
+    embeddings gathered from every rank.
+
+    Args:
+        temperature: t > 0.
     """
 
     def __init__(self, temperature: float = 0.5) -> None:
@@ -26,6 +31,7 @@ class NTXentLoss(nn.Module):
         self.temperature = temperature
 
     def forward(self, z1: Tensor, z2: Tensor) -> Tensor:
+        """The loss of views 1 and 2, each (N, D), row i of both the same image; a scalar."""
         if z1.shape != z2.shape or z1.ndim != 2:
             raise ValueError(f"z1 and z2 must both be (N, D), got {tuple(z1.shape)} and {tuple(z2.shape)}")
         n = z1.shape[0]
@@ -37,17 +43,19 @@ class NTXentLoss(nn.Module):
         return F.cross_entropy(logits, targets)
 
 
-class SimCLR(Method):
+class SimCLRParams(MethodParams):
+    """``pretrain.ssl.simclr``."""
+
+    temperature: float = Field(0.5, gt=0.0)  # NT-Xent's
+
+
+@register_method
+class SimCLR(Method[SimCLRParams]):
     """Two symmetric views through one encoder; NT-Xent over the global batch (gathered under DDP)."""
 
     name = "simclr"
+    params_model = SimCLRParams
 
-    def __init__(self, cfg: SSLConfig, encoder: Encoder) -> None:
-        super().__init__(cfg, encoder)
-        self.loss = NTXentLoss(cfg.temperature)
-
-    def forward(self, online: OnlineForward, v1: Tensor, v2: Tensor, dist: DistContext) -> StepOutput:
-        _, z = online(torch.cat([v1, v2]))
-        with full_precision(z):
-            z1, z2 = z.float().chunk(2)
-            return StepOutput(self.loss(gather_with_grad(z1, dist), gather_with_grad(z2, dist)), z)
+    def __init__(self, params: SimCLRParams, encoder: Encoder) -> None:
+        super().__init__(params, encoder)
+        self.loss = NTXentLoss(params.temperature)

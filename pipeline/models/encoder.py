@@ -48,6 +48,20 @@ class EncoderSpec:
 
 
 class Encoder(nn.Module):
+    """Backbone + projection head + the input they were trained for: what the registry stores.
+
+    ``forward(x)`` takes float images in [0, 1], (N, C, S, S) with C and S those of ``spec.input``,
+    normalises them with the training set's channel statistics and returns the backbone features h,
+    (N, feature_dim); :meth:`project` returns the head's output z, (N, projection_dim);
+    :meth:`forward_both` returns (h, z) from one pass.
+
+    Args:
+        spec: the architecture and the input spec; the weights are drawn from the global RNG.
+    """
+
+    mean: torch.Tensor  # (1, C, 1, 1) buffers: the training set's channel statistics
+    std: torch.Tensor
+
     def __init__(self, spec: EncoderSpec) -> None:
         super().__init__()
         self.spec = spec

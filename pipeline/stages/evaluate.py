@@ -15,14 +15,13 @@ import torch
 
 from pipeline import tracking
 from pipeline.config import Params
-from pipeline.data.arrays import load_manifest
-from pipeline.data.shards import open_dataset
+from pipeline.data.format import load_dataset, load_manifest
 from pipeline.data.splits import train_val_split
 from pipeline.device import resolve_device
 from pipeline.errors import UserError
 from pipeline.evaluation.metrics import evaluate_encoder
 from pipeline.evaluation.plots import write_plots
-from pipeline.evaluation.report import summary
+from pipeline.evaluation.report import SSL_WARNING_TAG, ssl_gain_warning, summary
 from pipeline.io import write_metrics
 from pipeline.models import ENCODER_FILE, load_encoder
 
@@ -33,14 +32,28 @@ MLFLOW_ARTIFACT_DIR = "eval"
 
 def run_evaluation(params: Params, model_dir: str | Path, metrics_path: str | Path,
                    plots_dir: str | Path | None, progress: bool = True) -> dict[str, float]:
-    """Evaluate ``<model_dir>/encoder.pt``; write ``metrics_path`` and ``plots_dir`` (None: no plots); log
-    them to the model's MLflow run."""
+    """Evaluate a saved encoder and record the result.
+
+    Args:
+        params: all params (data, evaluation, tracking, device).
+        model_dir: the folder of ``encoder.pt`` and ``run_id``.
+        metrics_path: the metrics JSON to write.
+        plots_dir: where the plots go; None: no plots.
+        progress: show progress bars.
+
+    Returns:
+        The metrics (:mod:`pipeline.evaluation.metrics`). They are logged to the model's MLflow run, which
+        is tagged ``ssl_warning`` when the encoder is not better than a random one.
+
+    Raises:
+        ValueError: the data do not fit the encoder.
+    """
     model_dir, metrics_path = Path(model_dir), Path(metrics_path)
     cfg = params.evaluate
     # Fail before the work, not after it, when the run to log into is unknown.
     run_id = tracking.read_run_id(model_dir / tracking.RUN_ID_FILE)
     data_dir = Path(params.prepare.out_dir)
-    ds = open_dataset(data_dir)  # memory-mapped when prepare sharded the set
+    ds = load_dataset(data_dir)  # memory-mapped when prepare sharded the set
     manifest = load_manifest(data_dir)
     encoder, extra = load_encoder(model_dir / ENCODER_FILE)
     channels = encoder.spec.input.channels
@@ -63,8 +76,11 @@ def run_evaluation(params: Params, model_dir: str | Path, metrics_path: str | Pa
     write_metrics(metrics_path, metrics)
     plot_files = write_plots(result, plots_dir, ds.classes) if plots_dir is not None else []
 
+    warning = ssl_gain_warning(metrics)
     with tracking.start_run(params.tracking, run_id=run_id):
         tracking.log_metrics(metrics)
+        if warning:
+            mlflow.set_tag(SSL_WARNING_TAG, warning)
         mlflow.log_artifact(str(metrics_path), artifact_path=MLFLOW_ARTIFACT_DIR)
         for path in plot_files:
             mlflow.log_artifact(str(path), artifact_path=MLFLOW_ARTIFACT_DIR)

@@ -11,7 +11,6 @@ runs, and ``metrics/final.json`` adds the mean and sd over seeds of the headline
 from __future__ import annotations
 
 import math
-import statistics
 from pathlib import Path
 
 from pipeline import tracking
@@ -23,13 +22,19 @@ from pipeline.methods import METHODS
 from pipeline.sparsehead import FORMS, UPDATES
 from pipeline.stages.evaluate import run_evaluation
 from pipeline.stages.pretrain import PretrainOutcome, pretrain_and_log
+from pipeline.stats import mean_sd
 from pipeline.tuning.space import TrialChoice, trial_pretrain_config
 
 SEEDS_DIR = "seeds"  # beside the registered (first) seed's model: the other seeds' models and summary
 
 
 def read_best_params(path: str | Path) -> dict:
-    """``best_params.json`` as the ``tune`` stage wrote it, checked for what ``final`` needs."""
+    """``best_params.json`` as the ``tune`` stage wrote it, checked for what ``final`` needs.
+
+    Raises:
+        FileNotFoundError: there is none.
+        ValueError: it is not a JSON object with a valid lambda, form, update and method.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: best params not found (run the tune stage first)")
@@ -53,6 +58,7 @@ def read_best_params(path: str | Path) -> dict:
 
 
 def final_config(params: Params, best: dict) -> PretrainConfig:
+    """The pretraining params of the final runs: ``pretrain`` with the study's choice and ``final.epochs``."""
     epochs = params.final.epochs or params.pretrain.epochs
     choice = TrialChoice(float(best["lambda"]), str(best["form"]), bool(best.get("baseline", False)),
                          str(best.get("update", params.pretrain.sparsehead.update)),
@@ -61,13 +67,20 @@ def final_config(params: Params, best: dict) -> PretrainConfig:
 
 
 def spread_metrics(per_seed: list[dict[str, float]], knn_k: int) -> dict[str, float]:
-    """Mean and sd over the final seeds of the headline numbers (sd 0 for one seed)."""
+    """Mean and sd over the final seeds of the headline numbers (sd 0 for one seed).
+
+    Args:
+        per_seed: each seed's evaluation metrics.
+        knn_k: the k of the kNN figure.
+
+    Returns:
+        ``final_seeds`` and ``<key>_mean``, ``<key>_sd`` for test linear and kNN top-1 and val linear top-1.
+    """
     out: dict[str, float] = {"final_seeds": float(len(per_seed))}
     for key in ("test_linear_top1", f"test_knn{knn_k}_top1", "val_linear_top1"):
         values = [m[key] for m in per_seed if key in m]
         if values:
-            out[f"{key}_mean"] = statistics.fmean(values)
-            out[f"{key}_sd"] = statistics.stdev(values) if len(values) > 1 else 0.0
+            out[f"{key}_mean"], out[f"{key}_sd"] = mean_sd(values)
     return out
 
 

@@ -4,7 +4,7 @@ memory-mappable shards (``<split>/shard-*.npy``) for a set larger than ``prepare
 from __future__ import annotations
 
 from pipeline.config import Params, PrepareConfig
-from pipeline.data.arrays import save_dataset
+from pipeline.data.format import save_dataset
 from pipeline.data.sources import load_source
 
 

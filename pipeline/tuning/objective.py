@@ -2,8 +2,8 @@
 
 SSL trains on the prepared training split minus a validation split carved with
 ``train_val_split(train, evaluate.val_fraction, seed)``, so it never sees the validation images, and
-selection never looks at the test split. The seeds train in lockstep (:func:`train_epochs` advances each
-by one epoch in turn): every ``tune.eval_every`` epochs (and at the last one) each seed's kNN validation
+selection never looks at the test split. The seeds train in lockstep (one :class:`Trainer` per seed, each
+advanced by one epoch in turn): every ``tune.eval_every`` epochs (and at the last one) each seed's kNN validation
 accuracy is measured and their *mean* is reported to Optuna, which may prune the trial there. The trial's
 value is the mean over seeds of :func:`pipeline.evaluation.validation_report`'s ``tune.objective``; each
 seed's value, the sd, and the mean RankMe of z and head sparsity are kept as the trial's user attributes
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Generator
 from dataclasses import dataclass
 
 import mlflow
@@ -25,11 +24,11 @@ import torch
 
 from pipeline import tracking
 from pipeline.config import Params
-from pipeline.data.arrays import Split, load_manifest
-from pipeline.data.shards import open_split
+from pipeline.data.format import Split, load_manifest, load_split
 from pipeline.data.splits import train_val_split
 from pipeline.device import resolve_device
-from pipeline.engine.trainer import EpochDone, TrainResult, train_epochs
+from pipeline.engine.monitor import Monitor
+from pipeline.engine.trainer import Trainer
 from pipeline.errors import UserError
 from pipeline.evaluation import knn_score, validation_report
 from pipeline.tracking.datasets import log_dataset_input
@@ -56,7 +55,7 @@ class TuneData:
     def load(cls, params: Params) -> TuneData:
         data_dir = params.prepare.out_dir
         manifest = load_manifest(data_dir)
-        fit, val = train_val_split(open_split(data_dir, "train", manifest), params.evaluate.val_fraction, params.seed)
+        fit, val = train_val_split(load_split(data_dir, "train", manifest), params.evaluate.val_fraction, params.seed)
         if len(val) == 0:
             raise UserError(f"evaluate.val_fraction {params.evaluate.val_fraction} leaves no validation "
                              f"images in {data_dir}")
@@ -88,22 +87,23 @@ class Objective:
     def _run(self, trial: optuna.Trial, choice: TrialChoice) -> float:
         t, ev, data = self.params.tune, self.params.evaluate, self.data
         cfg = trial_pretrain_config(self.params.pretrain, choice, t.epochs)
-        runs = {s: train_epochs(cfg, data.fit.images, seed=s, epochs=t.epochs, progress=False) for s in t.seeds}
-        last: dict[int, EpochDone] = {}
+        # RankMe curves only: the trial measures validation kNN itself (below).
+        runs = {s: Trainer(cfg, data.fit.images, seed=s, epochs=t.epochs, progress=False,
+                           monitor=Monitor.for_training(data.fit, cfg, ev, self.params.seed, with_knn=False))
+                for s in t.seeds}
         reports: dict[int, dict[str, float]] = {}
         for epoch in range(1, t.epochs + 1):
             for s, run in runs.items():
-                last[s] = next(run)
-                tracking.log_metrics(last[s].metrics, step=epoch, prefix=f"seed{s}.")
+                tracking.log_metrics(run.train_epoch(), step=epoch, prefix=f"seed{s}.")
             if epoch % t.eval_every and epoch != t.epochs:
                 continue
             if epoch == t.epochs:  # the full report once, from the same features as the last kNN
-                reports = {s: validation_report(done.encoder, data.fit, data.val, data.num_classes, ev,
-                                                data.device, s, t.objective) for s, done in last.items()}
+                reports = {s: validation_report(run.encoder, data.fit, data.val, data.num_classes, ev,
+                                                data.device, s, t.objective) for s, run in runs.items()}
                 scores = {s: rep["knn"] for s, rep in reports.items()}
             else:
-                scores = {s: knn_score(done.encoder, data.fit, data.val, ev, data.device, data.num_classes)
-                          for s, done in last.items()}
+                scores = {s: knn_score(run.encoder, data.fit, data.val, ev, data.device, data.num_classes)
+                          for s, run in runs.items()}
             score = statistics.fmean(scores.values())
             tracking.log_metrics({VAL_KNN: score, **{f"{VAL_KNN}.seed{s}": v for s, v in scores.items()}},
                                  step=epoch)
@@ -111,8 +111,6 @@ class Objective:
             # Pruning after the last epoch would save nothing; baselines are the reference, never pruned.
             if not choice.baseline and epoch != t.epochs and trial.should_prune():
                 raise optuna.TrialPruned(f"mean {VAL_KNN} {score:.4f} at epoch {epoch}")
-        for run in runs.values():
-            _finish(run)
         values = {s: rep[t.objective] for s, rep in reports.items()}
         bad = [s for s, v in values.items() if not math.isfinite(v)]
         if bad:
@@ -130,15 +128,6 @@ class Objective:
                               **{f"objective_value.seed{s}": v for s, v in values.items()},
                               **summary}, step=t.epochs)
         return value
-
-
-def _finish(run: Generator[EpochDone, None, TrainResult]) -> TrainResult:
-    """Drain a lockstep run whose last epoch was already yielded, returning its TrainResult."""
-    try:
-        next(run)
-    except StopIteration as stop:
-        return stop.value
-    raise RuntimeError("a tuning run yielded more epochs than tune.epochs")
 
 
 def _run_params(trial: optuna.Trial, choice: TrialChoice, params: Params) -> dict[str, object]:

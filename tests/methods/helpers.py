@@ -18,9 +18,10 @@ def tiny_encoder(seed: int = 0) -> Encoder:
     return Encoder(EncoderSpec("small", InputSpec(8, 1, (0.5,), (0.25,)), width=4, head_hidden=[8], head_out=4))
 
 
-def tiny_method(method: str, seed: int = 0, **ssl: object) -> tuple[Encoder, Method]:
+def tiny_method(method: str, seed: int = 0, **params: object) -> tuple[Encoder, Method]:
+    """A method on :func:`tiny_encoder`; ``params`` go to its own section, ``pretrain.ssl.<method>``."""
     encoder = tiny_encoder(seed)
-    return encoder, build_method(SSLConfig(method=method, **ssl), encoder)
+    return encoder, build_method(SSLConfig.model_validate({"method": method, method: params}), encoder)
 
 
 def tiny_cfg(method: str, **over: object) -> PretrainConfig:

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import AugmentConfig
+from pipeline.config import AugmentConfig, SparseHeadConfig
 from pipeline.engine.distributed import DistContext
 from pipeline.methods import BYOLLoss
 from pipeline.methods.momentum import cosine_momentum, ema_update_
-from pipeline.sparsehead import SparseHeadRegularizer
+from pipeline.sparsehead import SparseHead
 from tests.methods.helpers import tiny_method
 
 
@@ -91,7 +91,8 @@ def test_views_predictor_and_penalised_modules():
 
 def test_include_predictor_adds_the_predictors_l1_to_the_penalty():
     encoder, method = tiny_method("byol")
-    head_only = SparseHeadRegularizer("l1", 1.0, extra=method.penalised_modules(False))(encoder.head, None)
-    both = SparseHeadRegularizer("l1", 1.0, extra=method.penalised_modules(True))(encoder.head, None)
+    l1 = SparseHeadConfig(form="l1", lam=1.0)
+    head_only = SparseHead(l1, extra=method.penalised_modules(False)).value(encoder.head, None)
+    both = SparseHead(l1, extra=method.penalised_modules(True)).value(encoder.head, None)
     predictor_l1 = sum(layer.weight.abs().sum() for layer in method.predictor.linear_layers())
     assert (both - head_only).item() == pytest.approx(predictor_l1.item(), rel=1e-6)

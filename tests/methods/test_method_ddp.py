@@ -20,7 +20,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     ctx = DistContext.from_env()
     for method in ("byol", "mocov2"):
         cfg = tiny_cfg(method, epochs=1, batch_size=16, backbone={"name": "small", "width": 4},
-                       head={"hidden_dims": [16], "out_dim": 8}, device="cpu", ssl={"moco_queue_size": QUEUE})
+                       head={"hidden_dims": [16], "out_dim": 8}, device="cpu", ssl={"mocov2": {"queue_size": QUEUE}})
         result = train(cfg, images, seed=0, progress=False, dist=ctx)
         torch.save(result.method.state_dict(), f"{out}/{method}{rank}.pt")
     torch.distributed.destroy_process_group()

@@ -12,7 +12,7 @@ from tests.methods.helpers import tiny_cfg
 NEW_METHODS = ["byol", "simsiam", "barlow_twins", "vicreg", "mocov2"]
 # MoCo's first steps contrast against the random vectors the queue starts with: a queue of one step's
 # keys (2 x 64) is filled by real ones after the first step, so the epochs compare like with like.
-OVER = {"mocov2": {"ssl": {"moco_queue_size": 128}}}
+OVER = {"mocov2": {"ssl": {"mocov2": {"queue_size": 128}}}}
 
 
 @pytest.mark.parametrize("method", NEW_METHODS)
@@ -30,7 +30,7 @@ def test_two_epochs_loss_falls_and_lambda_sparsifies_the_head(method, digits):
 @pytest.mark.parametrize("method", ["byol", "mocov2"])
 def test_resume_is_bit_identical(method, digits, tmp_path):
     cfg = tiny_cfg(method, epochs=3, sparsehead={"form": "l1", "lambda": 1e-3, "include_predictor": True},
-                   ssl={"moco_queue_size": 200})
+                   ssl={"mocov2": {"queue_size": 200}})
     digits = digits[:256]  # three runs: keep them short
     full = train(cfg, digits, seed=3, out_dir=tmp_path / "full", progress=False)
 

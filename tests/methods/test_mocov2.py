@@ -47,13 +47,13 @@ def test_queue_is_first_in_first_out():
     assert torch.equal(queue.keys, keys[[5, 1, 2, 3, 4]]) and int(queue.ptr) == 1
     queue.push(keys[6:8])  # then 1 and 2 go, the next oldest
     assert torch.equal(queue.keys, keys[[5, 6, 7, 3, 4]]) and int(queue.ptr) == 3
-    with pytest.raises(ValueError, match="moco_queue_size"):
+    with pytest.raises(ValueError, match="queue_size"):
         queue.push(torch.zeros(6, 2))
     assert set(queue.state_dict()) == {"keys", "ptr"}  # both in the checkpoint
 
 
 def test_step_is_symmetric_infonce_against_the_queue_then_queues_the_keys_and_follows_with_momentum():
-    encoder, method = tiny_method("mocov2", moco_queue_size=16, momentum=0.9)
+    encoder, method = tiny_method("mocov2", queue_size=16, momentum=0.9)
     method.train()
     g = torch.Generator().manual_seed(1)
     v1, v2 = torch.rand(3, 1, 8, 8, generator=g), torch.rand(3, 1, 8, 8, generator=g)

@@ -72,4 +72,4 @@ def test_scale_invariant_and_rejects_bad_input():
     with pytest.raises(ValueError, match="z1 and z2"):
         loss(z1, z2[:3])
     with pytest.raises(ValueError, match="unknown method"):
-        build_method(SSLConfig.model_construct(method="nope", temperature=0.5), None)
+        build_method(SSLConfig.model_construct(method="nope"), None)

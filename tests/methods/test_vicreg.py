@@ -51,7 +51,7 @@ def test_known_values():
 
 
 def test_weights_come_from_the_config():
-    _, method = tiny_method("vicreg", vicreg_variance=10.0)
+    _, method = tiny_method("vicreg", variance=10.0)
     assert method.loss.weights == (25.0, 10.0, 1.0)
     with pytest.raises(ValueError, match="N > 1"):
         VICRegLoss()(torch.randn(1, 3), torch.randn(1, 3))
