@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from pipeline.errors import UserError
+
 
 def resolve_device(spec: str = "auto") -> torch.device:
     """The device ``pretrain.device`` (or the service's ``SERVE_DEVICE``) names.
@@ -21,7 +23,7 @@ def resolve_device(spec: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(spec)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {spec!r} requested but CUDA is not available")
+        raise UserError(f"device {spec!r} requested but CUDA is not available")
     return device
 
 

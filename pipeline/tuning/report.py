@@ -36,6 +36,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from pipeline import tracking
 from pipeline.config import Params
+from pipeline.errors import UserError
 from pipeline.evaluation.plots import save_png
 from pipeline.io import atomic_path, write_json
 from pipeline.tracking.trials import RUN_ATTR
@@ -123,7 +124,7 @@ def answer(outcome: TuneOutcome, params: Params) -> tuple[FrozenTrial, FrozenTri
     try:
         best = study.best_trial
     except ValueError as exc:
-        raise ValueError(f"study {study.study_name}: no trial completed, so there is no best lambda "
+        raise UserError(f"study {study.study_name}: no trial completed, so there is no best lambda "
                          f"(see the trials' MLflow runs under run {outcome.parent_run_id})") from exc
     base = baseline_trial(study, trial_method(best))
     gap = None

@@ -43,6 +43,8 @@ from optuna.storages.journal import JournalFileBackend
 from sqlalchemy import exc as sa_exc
 
 from pipeline.config import TuneConfig
+from pipeline.errors import UserError
+from pipeline.stores import project_location
 
 try:
     import fcntl
@@ -57,11 +59,12 @@ SQLITE_PREFIX = "sqlite:///"
 
 
 def storage_url(cfg: TuneConfig) -> str:
-    """The configured storage; ``OPTUNA_STORAGE`` overrides ``tune.storage``."""
+    """The configured storage; ``OPTUNA_STORAGE`` overrides ``tune.storage``. A relative SQLite or journal
+    file is the project's, wherever DVC runs the stage (:func:`pipeline.stores.project_location`)."""
     url = (os.environ.get(ENV_VAR) or cfg.storage).strip()
     if not url:
-        raise ValueError(f"tune.storage (or {ENV_VAR}) is empty")
-    return url
+        raise UserError(f"tune.storage (or {ENV_VAR}) is empty")
+    return project_location(url)
 
 
 def local_file(url: str) -> Path | None:
@@ -69,7 +72,7 @@ def local_file(url: str) -> Path | None:
     if url.startswith(JOURNAL_PREFIX):
         path = url[len(JOURNAL_PREFIX):]
         if not path:
-            raise ValueError(f"storage {url!r}: a journal storage needs a file path (journal:optuna.journal)")
+            raise UserError(f"storage {url!r}: a journal storage needs a file path (journal:optuna.journal)")
         return Path(path)
     if url.startswith(SQLITE_PREFIX):
         path = url[len(SQLITE_PREFIX):]
@@ -93,7 +96,7 @@ def open_storage(url: str, cfg: TuneConfig | None = None, on_stale: StaleCallbac
     if url.startswith(JOURNAL_PREFIX):
         return JournalStorage(JournalFileBackend(str(path)))
     if "://" not in url:
-        raise ValueError(f"storage {url!r}: expected sqlite:///<file>, journal:<file> or a database URL "
+        raise UserError(f"storage {url!r}: expected sqlite:///<file>, journal:<file> or a database URL "
                          "such as postgresql://user:password@host/db")
     sqlite = url.startswith("sqlite:")
     kwargs: dict[str, Any] = {"engine_kwargs": {"connect_args": {"timeout": 60}} if sqlite else {}}
@@ -110,9 +113,9 @@ def open_storage(url: str, cfg: TuneConfig | None = None, on_stale: StaleCallbac
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             storage = cls(url, **kwargs)
     except (ImportError, ModuleNotFoundError) as exc:
-        raise ValueError(f"storage {redact(url)}: its database driver is not installed ({exc})") from exc
+        raise UserError(f"storage {redact(url)}: its database driver is not installed ({exc})") from exc
     except (optuna.exceptions.StorageInternalError, sa_exc.OperationalError) as exc:
-        raise ValueError(f"storage {redact(url)}: cannot open it ({exc})") from exc
+        raise UserError(f"storage {redact(url)}: cannot open it ({exc})") from exc
     if isinstance(storage, ResilientRDBStorage) and cfg is not None:
         storage.retry_s = cfg.storage_retry_s
     return storage

@@ -34,8 +34,8 @@ import optuna
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
-from pipeline.cli import StageError
 from pipeline.config import Params
+from pipeline.errors import StageError
 from pipeline.tracking.trials import RUN_ATTR, ensure_parent_run, mark_failed, parent_run
 from pipeline.tuning.objective import Objective, TuneData
 from pipeline.tuning.space import SearchSpace, enqueue_baselines, study_name
