@@ -8,6 +8,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.errors import UserError
+
 
 class _Section(BaseModel):
     # A typo in params.yaml must fail loudly rather than silently fall back to a default.
@@ -330,6 +332,11 @@ class RegisterConfig(_Section):
     model_name: str = "sparsehead-encoder"
     alias: str = "champion"
     metric: str = "val_linear_top1"  # higher is better; the champion moves only on a strict gain
+    # What a run may do to the registry (README "The model registry"): main = `dvc repro` / `make run`
+    # registers, a `dvc exp run` (workspace, queued or --temp) only logs its model in its run; experiments =
+    # experiments register too; never = every run only logs its model. The alias never moves from a tree
+    # whose code or params differ from its commit.
+    policy: Literal["main", "experiments", "never"] = "main"
     out_info: str = "metrics/register.json"
 
 
@@ -366,7 +373,7 @@ class Params(_Section):
         return v
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """params.yaml is missing, unreadable or holds a value of the wrong kind."""
 
 

@@ -310,7 +310,14 @@ def test_the_budget_is_exact_when_workers_ask_at_once(tmp_path, storage):
 def test_relative_storage_paths_are_the_projects(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
     cfg = Params().tune
+    assert storage_url(cfg) == f"sqlite:///{tmp_path.resolve() / 'optuna.db'}"
+    # A queued or --temp experiment runs in a copy DVC deletes afterwards: the study stays the project's.
+    copy = tmp_path / ".dvc/tmp/exps/tmpabc123"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     assert storage_url(cfg) == f"sqlite:///{tmp_path.resolve() / 'optuna.db'}"
     monkeypatch.setenv(ENV_VAR, "journal:studies/optuna.journal")
     assert storage_url(cfg) == f"journal:{tmp_path.resolve() / 'studies/optuna.journal'}"

@@ -51,7 +51,7 @@ def ensure_parent_run(study: optuna.Study, params: Params, storage: str, dataset
         return str(run_id)
     run = client.create_run(exp_id, run_name=f"tune {study.study_name}", tags={
         "stage": "tune", STUDY_TAG: study.study_name, "optuna.storage": storage,
-        "git_commit": tracking.git_commit(), "dataset_sha256": dataset_sha256,
+        "git_commit": tracking.git_commit(), "dataset_sha256": dataset_sha256, **tracking.lineage_tags(),
     })
     pid = run.info.run_id
     logged = {**flat_params(params.tune, "tune."), **flat_params(params.pretrain, "pretrain."),
@@ -84,7 +84,8 @@ def trial_run(study_name: str, trial: optuna.Trial, tags: dict[str, str] | None 
     run = mlflow.start_run(run_name=f"trial {trial.number:03d}", nested=True,
                            experiment_id=parent.info.experiment_id,
                            tags={STUDY_TAG: study_name, TRIAL_TAG: str(trial.number), STATE_TAG: "RUNNING",
-                                 **(tags or {})}, log_system_metrics=system_metrics or None)
+                                 **tracking.lineage_tags(), **(tags or {})},
+                           log_system_metrics=system_metrics or None)
     trial.set_user_attr(RUN_ATTR, run.info.run_id)
     try:
         yield run

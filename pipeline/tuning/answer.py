@@ -10,6 +10,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.config import Params
+from pipeline.errors import UserError
 from pipeline.tracking.trials import RUN_ATTR
 from pipeline.tuning.objective import SEED_VALUES_ATTR, VALUE_SD_ATTR
 from pipeline.tuning.selection import PairedGap, Selection, paired_gap, select
@@ -68,12 +69,12 @@ def answer(study: optuna.Study, params: Params, resolution: float) -> Answer:
         resolution: The objective's step, below which a gap is a tie (see :func:`.selection.select`).
 
     Raises:
-        ValueError: No trial completed.
+        UserError: No trial completed.
     """
     try:
         best = study.best_trial
     except ValueError as exc:
-        raise ValueError(f"study {study.study_name}: no trial completed, so there is no best lambda "
+        raise UserError(f"study {study.study_name}: no trial completed, so there is no best lambda "
                          f"(see its trials' MLflow runs)") from exc
     base = baseline_trial(study, trial_method(best))
     gap = None

@@ -21,6 +21,7 @@ from pipeline.data.splits import train_val_split
 from pipeline.device import resolve_device
 from pipeline.engine.monitor import Monitor
 from pipeline.engine.trainer import Trainer
+from pipeline.errors import UserError
 from pipeline.evaluation import knn_score, validation_report
 from pipeline.tracking.datasets import log_dataset_input
 from pipeline.tracking.trials import trial_run
@@ -58,13 +59,13 @@ class TuneData:
         """The prepared data split as ``evaluate.val_fraction`` and ``seed`` say.
 
         Raises:
-            ValueError: The split leaves no validation image.
+            UserError: The split leaves no validation image.
         """
         data_dir = params.prepare.out_dir
         manifest = load_manifest(data_dir)
         fit, val = train_val_split(load_split(data_dir, "train", manifest), params.evaluate.val_fraction, params.seed)
         if len(val) == 0:
-            raise ValueError(f"evaluate.val_fraction {params.evaluate.val_fraction} leaves no validation "
+            raise UserError(f"evaluate.val_fraction {params.evaluate.val_fraction} leaves no validation "
                              f"images in {data_dir}")
         num_classes = int(manifest.get("num_classes") or len(manifest["classes"]))
         return cls(fit, val, num_classes, manifest, resolve_device(params.pretrain.device))

@@ -27,7 +27,7 @@ def write_report(outcome: TuneOutcome, params: Params) -> tuple[dict, dict[str, 
         ``best_params.json`` and ``metrics/tune.json`` as written.
 
     Raises:
-        ValueError: No trial of the study completed.
+        UserError: No trial of the study completed.
     """
     t = params.tune
     study = outcome.study

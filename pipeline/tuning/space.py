@@ -16,6 +16,7 @@ from typing import Any
 import optuna
 
 from pipeline.config import Params, PretrainConfig, SparseHeadConfig
+from pipeline.errors import UserError
 
 LAMBDA = "lambda"
 FORM = "form"
@@ -30,9 +31,9 @@ METHOD_ATTR = "method_used"
 
 def _distinct(name: str, values: Sequence[str], what: str) -> tuple[str, ...]:
     if not values:
-        raise ValueError(f"tune.{name} is empty: list at least one {what}")
+        raise UserError(f"tune.{name} is empty: list at least one {what}")
     if len(set(values)) != len(values):
-        raise ValueError(f"tune.{name} lists a value twice: {values}")
+        raise UserError(f"tune.{name} lists a value twice: {values}")
     return tuple(values)
 
 
@@ -52,18 +53,18 @@ class SearchSpace:
         """The ``tune`` section's space (its method list defaults to ``pretrain.ssl.method``).
 
         Raises:
-            ValueError: An empty or inverted range, an empty list, a value listed twice, an unknown method.
+            UserError: An empty or inverted range, an empty list, a value listed twice, an unknown method.
         """
         cfg = params.tune
         if not cfg.lambda_low < cfg.lambda_high:
-            raise ValueError(f"tune.lambda_low ({cfg.lambda_low}) must be below tune.lambda_high "
+            raise UserError(f"tune.lambda_low ({cfg.lambda_low}) must be below tune.lambda_high "
                              f"({cfg.lambda_high})")
         methods = cfg.methods if cfg.methods is not None else [params.pretrain.ssl.method]
         from pipeline.methods import METHODS  # deferred: the methods import torch models
 
         unknown = [m for m in methods if m not in METHODS]
         if unknown:
-            raise ValueError(f"tune.methods: unknown method {unknown[0]!r}; choose among {', '.join(METHODS)}")
+            raise UserError(f"tune.methods: unknown method {unknown[0]!r}; choose among {', '.join(METHODS)}")
         return cls(float(cfg.lambda_low), float(cfg.lambda_high), _distinct("forms", cfg.forms, "SparseHead form"),
                    _distinct("updates", cfg.updates, "update rule"), _distinct("methods", methods, "SSL method"))
 

@@ -23,6 +23,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
 from pipeline.config import TuneConfig
+from pipeline.errors import UserError
+from pipeline.stores import project_location
 
 log = logging.getLogger(__name__)
 
@@ -37,27 +39,15 @@ StaleCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 T = TypeVar("T")
 
 
-def project_file(path: str) -> Path:
-    """Where a store's relative ``path`` lives: the one place that decides it for the study's storage.
-
-    Args:
-        path: A file path as written in ``tune.storage`` or ``OPTUNA_STORAGE``.
-
-    Returns:
-        An absolute path; an absolute ``path`` unchanged.
-    """
-    return Path(path).expanduser().resolve()
-
-
 def configured_url(cfg: TuneConfig) -> str:
     """The storage as configured: ``OPTUNA_STORAGE`` if set, else ``tune.storage`` (relative paths kept).
 
     Raises:
-        ValueError: Both are empty.
+        UserError: Both are empty.
     """
     url = (os.environ.get(ENV_VAR) or cfg.storage).strip()
     if not url:
-        raise ValueError(f"tune.storage (or {ENV_VAR}) is empty")
+        raise UserError(f"tune.storage (or {ENV_VAR}) is empty")
     return url
 
 
@@ -65,12 +55,12 @@ def local_file(url: str) -> Path | None:
     """The file behind a SQLite or journal storage as written in ``url``; None for a database server.
 
     Raises:
-        ValueError: A ``journal:`` URL without a path.
+        UserError: A ``journal:`` URL without a path.
     """
     if url.startswith(JOURNAL_PREFIX):
         path = url[len(JOURNAL_PREFIX):]
         if not path:
-            raise ValueError(f"storage {url!r}: a journal storage needs a file path (journal:optuna.journal)")
+            raise UserError(f"storage {url!r}: a journal storage needs a file path (journal:optuna.journal)")
         return Path(path)
     if url.startswith(SQLITE_PREFIX):
         path = url[len(SQLITE_PREFIX):]
@@ -79,13 +69,9 @@ def local_file(url: str) -> Path | None:
 
 
 def storage_url(cfg: TuneConfig) -> str:
-    """The configured storage with a local file's path made absolute by :func:`project_file`."""
-    url = configured_url(cfg)
-    path = local_file(url)
-    if path is None:
-        return url
-    prefix = JOURNAL_PREFIX if url.startswith(JOURNAL_PREFIX) else SQLITE_PREFIX
-    return f"{prefix}{project_file(str(path))}"
+    """The configured storage; a relative SQLite or journal file is the project's, wherever DVC runs the
+    stage (:func:`pipeline.stores.project_location`: queued and ``--temp`` experiments run in a copy)."""
+    return project_location(configured_url(cfg))
 
 
 def is_sqlite(url: str) -> bool:
@@ -105,7 +91,7 @@ def open_storage(url: str, cfg: TuneConfig | None = None, on_stale: StaleCallbac
         The storage (``RDBStorage``, :class:`RetryingRDBStorage` or ``JournalStorage``).
 
     Raises:
-        ValueError: An unknown form, a missing database driver, or a database that cannot be opened.
+        UserError: An unknown form, a missing database driver, or a database that cannot be opened.
     """
     path = local_file(url)
     if path is not None:
@@ -113,7 +99,7 @@ def open_storage(url: str, cfg: TuneConfig | None = None, on_stale: StaleCallbac
     if url.startswith(JOURNAL_PREFIX):
         return JournalStorage(JournalFileBackend(str(path)))
     if "://" not in url:
-        raise ValueError(f"storage {url!r}: expected sqlite:///<file>, journal:<file> or a database URL "
+        raise UserError(f"storage {url!r}: expected sqlite:///<file>, journal:<file> or a database URL "
                          "such as postgresql+psycopg2://user:password@host/db")
     cls: type[RDBStorage] = RDBStorage
     kwargs: dict[str, Any] = {}
@@ -133,9 +119,9 @@ def open_storage(url: str, cfg: TuneConfig | None = None, on_stale: StaleCallbac
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             storage = cls(url, **kwargs)
     except (ImportError, ModuleNotFoundError) as exc:
-        raise ValueError(f"storage {redact(url)}: its database driver is not installed ({exc})") from exc
+        raise UserError(f"storage {redact(url)}: its database driver is not installed ({exc})") from exc
     except (optuna.exceptions.StorageInternalError, sa_exc.OperationalError) as exc:
-        raise ValueError(f"storage {redact(url)}: cannot open it ({exc})") from exc
+        raise UserError(f"storage {redact(url)}: cannot open it ({exc})") from exc
     if isinstance(storage, RetryingRDBStorage) and cfg is not None:
         storage.retry_s = cfg.storage_retry_s
     return storage

@@ -111,7 +111,7 @@ def run_tuning(params: Params, *, progress: bool = True,
 
     Raises:
         StageError: ``tune.max_failed_trials`` trials failed in a row (a bug, not a bad lambda).
-        ValueError: A bad search space, data set or storage.
+        UserError: A bad search space, data set or storage.
     """
     t = params.tune
     url = storage_url(t)
