@@ -158,7 +158,9 @@ def test_two_queued_experiments_keep_their_runs_studies_and_versions(project):
     sh(project, f"{DVC} exp run --queue -S pretrain.sparsehead.lambda=0.002 -S tune.lambda_high=0.05 -n lam-a")
     sh(project, f"{DVC} exp run --queue -S pretrain.sparsehead.lambda=0.005 -S tune.lambda_high=0.02 "
                 "-S register.policy=experiments -n lam-b")
-    sh(project, f"{DVC} queue start -j 2")
+    # The queue's workers outlive `queue start` and inherit its output: sent to a file, not to our pipes,
+    # or subprocess.run waits for the last worker to exit (one may linger after the queue is done).
+    sh(project, f"{DVC} queue start -j 2 > {project.parent / 'queue-start.log'} 2>&1")
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
         status = sh(project, f"{DVC} queue status").stdout
