@@ -16,8 +16,10 @@
 # Configuration is by environment at run time (SERVE_*, MLFLOW_TRACKING_URI; see service/settings.py);
 # nothing secret is baked in: pass SERVE_ADMIN_TOKEN with -e or a secret store. The image listens on
 # 0.0.0.0, so without SERVE_ADMIN_TOKEN the admin routes (POST /admin/reload) are off: they answer 403 and
-# the start-up log says so (service/admin.py). Header size, header and body read times are bounded by
-# the service itself (SERVE_MAX_HEADER_BYTES, SERVE_HEADER_TIMEOUT_S, SERVE_BODY_TIMEOUT_S).
+# the start-up log says so (service/app.py). Header size, header and body read times are bounded by
+# the service itself (SERVE_MAX_HEADER_BYTES, SERVE_HEADER_TIMEOUT_S, SERVE_BODY_TIMEOUT_S). The health
+# check asks /readyz: the container is healthy once the model serves. `tests/test_service_docker.py` lints
+# this file with hadolint.
 
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE}
@@ -31,7 +33,9 @@ ENV PYTHONUNBUFFERED=1 \
     DEBIAN_FRONTEND=noninteractive
 
 # make and git for `make run` / `dvc repro`; a Python >= 3.11 with venv when the base has none (the CUDA
-# images are plain Ubuntu: 24.04 brings 3.12).
+# images are plain Ubuntu: 24.04 brings 3.12). Debian's versions are the base image's own (not pinned);
+# $pkgs is split into package names on purpose.
+# hadolint ignore=DL3008,SC2086
 RUN set -eux; \
     pkgs="make git ca-certificates"; \
     if ! python3 -c 'import sys, venv, ensurepip; assert sys.version_info >= (3, 11)' 2>/dev/null; then \
@@ -44,13 +48,13 @@ RUN set -eux; \
     mkdir /app; \
     chown app:app /app
 
-USER app
+USER 10001
 WORKDIR /app
 
 # The Makefile's virtualenv (VENV=.venv), so that `make run` / `make test` find it installed.
 ENV VIRTUAL_ENV=/app/.venv \
     PATH=/app/.venv/bin:$PATH
-RUN python3 -m venv /app/.venv && pip install --upgrade pip setuptools wheel
+RUN python3 -m venv /app/.venv
 
 # Dependencies first (a layer that survives code changes). torch and torchvision come from the chosen
 # wheel index, at the versions pyproject.toml pins (read from it, so the two cannot drift); everything
@@ -58,10 +62,10 @@ RUN python3 -m venv /app/.venv && pip install --upgrade pip setuptools wheel
 COPY --chown=app:app pyproject.toml README.md ./
 RUN set -eux; \
     python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
-print(" ".join(d for d in p["dependencies"] if d.split("==")[0] in ("torch", "torchvision")))' > /tmp/torch.txt; \
+print("\n".join(d for d in p["dependencies"] if d.split("==")[0] in ("torch", "torchvision")))' > /tmp/torch.txt; \
     python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
 print("\n".join(p["dependencies"] + p["optional-dependencies"]["dev"]))' > /tmp/requirements.txt; \
-    pip install --index-url "$TORCH_INDEX_URL" $(cat /tmp/torch.txt); \
+    pip install --index-url "$TORCH_INDEX_URL" -r /tmp/torch.txt; \
     pip install -r /tmp/requirements.txt; \
     python -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
 
@@ -81,7 +85,9 @@ ENV SERVE_HOST=0.0.0.0 \
     MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false
 EXPOSE 8000
 
-HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('SERVE_PORT', '8000'), timeout=4)" || exit 1
+# Healthy once the model is loaded and served (/readyz: 503 until then, and an HTTP error exits 1), not merely
+# when the process answers (/healthz).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('SERVE_PORT', '8000'), timeout=4)"]
 
 CMD ["python", "-m", "service"]

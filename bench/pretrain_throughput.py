@@ -11,14 +11,15 @@ Measured on the same model, batch and data:
   augmentation there), img/s of each epoch after the first (warm-up: allocator, cuDNN autotuning);
 - ``reference``: a ``torch.utils.data.DataLoader`` with ``--workers`` worker processes applying
   ``torchvision.transforms.v2`` to each image (the same crop, flip, jitter, grayscale and blur
-  settings), two views, fp32, then the same model step (method loss + SparseHead + optimiser);
+  settings), two views, then the same model step (method loss + SparseHead + optimiser, with the
+  loop's precision and memory layout), so the ratio is the feeding's alone;
 - ``augment_share``: the project's two views of a batch, timed alone, as a share of its step;
 - ``--streaming``: the project's loop with ``pretrain.data.streaming: on`` and ``--chunk-images``
   against the in-memory loop;
 - ``--settings`` (meant for a GPU): each of bf16 autocast, channels_last, fused SGD and torch.compile
   switched off/on against the defaults;
 - on CUDA, model FLOP utilisation: FLOPs of one step (``torch.utils.flop_counter``) x steps/s over the
-  device's dense bf16 peak (known devices only).
+  device's dense bf16 peak (known devices only; ``bench/gpu_check.py`` measures the peak instead).
 
 Every figure is the median over ``--repeats`` runs, with the spread (min-max). Prints JSON; never
 pass/fail.
@@ -31,6 +32,7 @@ import json
 import statistics
 import time
 from collections.abc import Callable
+from contextlib import nullcontext, suppress
 
 import numpy as np
 import torch
@@ -39,7 +41,7 @@ from torchvision.transforms import v2
 
 from pipeline.config import AugmentConfig, PretrainConfig, load_params
 from pipeline.data.preprocess import to_model_input
-from pipeline.device import resolve_device
+from pipeline.device import autocast_dtype, resolve_device, use_channels_last
 from pipeline.engine.augment import ViewAugmentation, blur_kernel_size
 from pipeline.engine.distributed import DistContext
 from pipeline.engine.optim import build_optimizer
@@ -64,14 +66,50 @@ def sync(device: torch.device) -> None:
 # --------------------------------------------------------------------------- the project's loop
 
 
-def project_img_s(cfg: PretrainConfig, images: np.ndarray, repeats: int) -> list[float]:
-    """Median img/s of the warm epochs of each run of the real loop."""
-    out = []
-    for r in range(repeats):
-        hist = train(cfg, images, seed=r, progress=False).history
-        warm = hist[1:] or hist
-        out.append(statistics.median(h["img_per_s"] for h in warm))
+class _OutOfTime(Exception):
+    pass
+
+
+def project_run(cfg: PretrainConfig, images: np.ndarray, seed: int = 0, budget_s: float | None = None
+                ) -> dict[str, float]:
+    """One run of the real loop (:func:`pipeline.engine.trainer.train`) and its figures.
+
+    Args:
+        cfg: The pretraining config (its ``epochs``: the first is warm-up).
+        images: uint8 (N, H, W, C).
+        seed: The run's seed.
+        budget_s: Stop after the epoch that passes this many seconds (at least one epoch runs).
+
+    Returns:
+        ``img_s`` and ``epoch_s`` (medians of the warm epochs; of the first when it is the only one),
+        ``first_epoch_s`` (warm-up: allocation, kernels loading, compiling), ``epochs`` run, and on CUDA
+        ``peak_gib`` (the most memory torch allocated).
+    """
+    device = resolve_device(cfg.device)
+    history: list[dict[str, float]] = []
+    start = time.perf_counter()
+
+    def record(epoch: int, metrics: dict[str, float], encoder: object) -> None:
+        history.append(metrics)
+        if budget_s is not None and time.perf_counter() - start > budget_s:
+            raise _OutOfTime
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with suppress(_OutOfTime):
+        train(cfg, images, seed=seed, progress=False, callbacks=[record])
+    warm = history[1:] or history
+    out = {"img_s": statistics.median(h["img_per_s"] for h in warm),
+           "epoch_s": statistics.median(h["epoch_seconds"] for h in warm),
+           "first_epoch_s": history[0]["epoch_seconds"], "epochs": float(len(history))}
+    if device.type == "cuda":
+        out["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     return out
+
+
+def project_img_s(cfg: PretrainConfig, images: np.ndarray, repeats: int) -> list[float]:
+    """Median img/s of the warm epochs of each run of the real loop, one figure per run."""
+    return [project_run(cfg, images, seed=r)["img_s"] for r in range(repeats)]
 
 
 def augment_img_s(cfg: PretrainConfig, images: np.ndarray, device: torch.device, steps: int) -> float:
@@ -127,12 +165,19 @@ class TwoViews(Dataset):
 
 
 class ModelStep:
-    """The model part of a step, as the loop does it: method loss + lambda * R, backward, optimiser."""
+    """The model part of a step, as the loop does it: method loss + lambda * R, backward, optimiser, in
+    the loop's precision (autocast) and memory layout."""
 
     def __init__(self, cfg: PretrainConfig, images: np.ndarray, device: torch.device) -> None:
         torch.manual_seed(0)
         self.encoder = build_encoder(cfg, images).to(device)
         self.method = build_method(cfg.ssl, self.encoder).to(device)
+        self.amp = autocast_dtype(device, cfg.precision)
+        self.channels_last = use_channels_last(device, cfg.channels_last)
+        if self.channels_last:
+            self.encoder = self.encoder.to(memory_format=torch.channels_last)
+            self.method = self.method.to(memory_format=torch.channels_last)
+        self.device = device
         self.dist = DistContext.from_env()
         self.online = self.dist.wrap(self.encoder)  # what the loop hands a method: x -> (h, z)
         self.opt = build_optimizer(self.encoder, cfg.optim, cfg.batch_size, default_lr=self.method.default_lr,
@@ -144,7 +189,11 @@ class ModelStep:
     def __call__(self, v1: torch.Tensor, v2_: torch.Tensor) -> None:
         self.encoder.train()
         self.method.train()
-        out = self.method(self.online, v1, v2_, self.dist)
+        if self.channels_last:
+            v1 = v1.contiguous(memory_format=torch.channels_last)
+            v2_ = v2_.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=self.amp) if self.amp is not None else nullcontext():
+            out = self.method(self.online, v1, v2_, self.dist)
         loss = out.loss.float() + self.reg(self.encoder.head, out.z)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -156,6 +205,19 @@ class ModelStep:
 
 def reference_img_s(cfg: PretrainConfig, images: np.ndarray, device: torch.device, workers: int, epochs: int,
                     repeats: int) -> list[float]:
+    """img/s of the model step fed by a DataLoader of torchvision v2 views, per repeat.
+
+    Args:
+        cfg: The pretraining config (the step's model, batch and augmentation).
+        images: uint8 (N, H, W, C).
+        device: Where the step runs.
+        workers: DataLoader worker processes.
+        epochs: Passes over ``images`` per repeat (the first is warm-up: workers start).
+        repeats: Repeats.
+
+    Returns:
+        The median img/s of the warm passes of each repeat.
+    """
     size = cfg.image_size or images.shape[1]
     loader = DataLoader(TwoViews(images, torchvision_views(cfg.augment, size)), batch_size=cfg.batch_size,
                         shuffle=True, drop_last=True, num_workers=workers, persistent_workers=workers > 0,
@@ -180,6 +242,8 @@ def reference_img_s(cfg: PretrainConfig, images: np.ndarray, device: torch.devic
 
 
 def step_flops(cfg: PretrainConfig, images: np.ndarray, device: torch.device) -> float:
+    """FLOPs of one model step (both views, forward and backward, a target network's forward) at the
+    config's batch, counted by ``torch.utils.flop_counter`` (matmuls and convolutions)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     step = ModelStep(cfg, images, device)
@@ -225,6 +289,7 @@ def make_cfg(args: argparse.Namespace, images: np.ndarray) -> PretrainConfig:
 
 
 def with_(cfg: PretrainConfig, **over: object) -> PretrainConfig:
+    """``cfg`` with dotted keys (``optim.fused``, ``data.streaming``) set, validated again."""
     d = cfg.model_dump(by_alias=True)
     for key, value in over.items():
         node = d

@@ -1,7 +1,7 @@
 """Abuse benchmark: how the embedding service holds up against costly images, huge headers and slow clients.
 
-Registers a tiny 8x8 grey encoder (64 input pixels, like the digits model) in a throwaway sqlite MLflow
-store, starts ``python -m service`` on a free loopback port with the repository's settings, and measures:
+Registers a digits-shaped 8x8 grey encoder (64 input pixels; bench/serve.py's tiny_store) in a throwaway
+sqlite MLflow store, starts ``python -m service`` on a free loopback port with the repository's settings, and measures:
 
 1. sockets: how long a 50 MB request header takes to be refused and /healthz's latency meanwhile; how
    long a client that sends 10 of its announced 100 body bytes (or half a header) holds its connection;
@@ -40,35 +40,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
+from serve import tiny_store  # noqa: E402 - bench/serve.py, beside this file
+
 READY_TIMEOUT_S = 120
 HOST = "127.0.0.1"
 
 
 # ------------------------------------------------------------------------------------- the server
-
-def make_store(root: Path) -> tuple[str, str]:
-    """A tiny encoder registered as champion in a fresh sqlite store -> (tracking URI, model URI)."""
-    import mlflow
-    import torch
-
-    from pipeline import tracking
-    from pipeline.config import RegisterConfig, TrackingConfig
-    from pipeline.data.preprocess import InputSpec
-    from pipeline.models import Encoder, EncoderSpec
-    from pipeline.tracking.registry import log_encoder_model, register_encoder
-
-    uri = f"sqlite:///{root}/mlflow.db"
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    cfg = TrackingConfig(experiment="bench-flood", tracking_uri=uri, artifact_root=str(root / "mlartifacts"))
-    tracking.setup(cfg)
-    torch.manual_seed(0)
-    enc = Encoder(EncoderSpec("small", InputSpec(8, 1, (0.3,), (0.4,)), width=8, head_hidden=[32], head_out=16))
-    with tracking.start_run(cfg, run_name="bench-flood"):
-        logged = log_encoder_model(enc.eval(), metadata={"lambda": 0.001, "form": "l1"}).model_uri
-    register_encoder(logged, RegisterConfig(model_name="bench-flood-encoder"), {"val_linear_top1": 0.5}, {})
-    mlflow.set_tracking_uri(None)
-    return uri, "models:/bench-flood-encoder@champion"
-
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -281,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--skip-flood", action="store_true")
     args = p.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="bench-flood-"))
-    tracking_uri, model_uri = make_store(root)
+    tracking_uri, model_uri = tiny_store(root)
     if not args.skip_sockets:
         with server(tracking_uri, model_uri, root, args.service_root) as (port, _):
             socket_phase(port, args)

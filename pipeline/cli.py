@@ -14,15 +14,15 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.config import ConfigError, Params, load_params
+from pipeline.config import Params, load_params
+from pipeline.errors import StageError, UserError
 
+__all__ = ["StageError", "run", "stage_main"]
 
-class StageError(RuntimeError):
-    """A problem with the stage's input that the user can fix; its message is the one line shown."""
-
-
-# Errors whose message already names the file and the problem: shown as one line, exit code 2.
-USER_ERRORS: tuple[type[BaseException], ...] = (StageError, ConfigError, FileNotFoundError, ValueError)
+# The project's own user errors (ConfigError and DataError among them): their message already names the
+# file and the problem, shown as one line, exit code 2. Any other exception (a ValueError from a bug
+# included) keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError,)
 # A file or folder the stage cannot read or write (an output under a read-only or misnamed folder, a full
 # disk): the OS names the path; nothing is lost, as outputs are written to a temporary file and renamed.
 _FS_HINTS = {
@@ -94,6 +94,17 @@ def _store_error(exc: BaseException, params: Params | None) -> str | None:
 def stage_main(name: str, body: Callable[[Params, argparse.Namespace], None],
                add_args: Callable[[argparse.ArgumentParser], None] | None = None,
                argv: list[str] | None = None) -> int:
+    """Run a stage's body with the stage contract: one line and exit code 2 for bad input, 130 on Ctrl-C.
+
+    Args:
+        name: The stage's name (the prefix of every line it prints).
+        body: The stage's body, called with the params and the parsed arguments.
+        add_args: Adds the stage's own arguments to the parser.
+        argv: The arguments (default: the process's).
+
+    Returns:
+        The exit code: 0, 2 (bad input, an unusable store, a file that cannot be read or written) or 130.
+    """
     parser = argparse.ArgumentParser(prog=f"stages/{name}.py", description=f"The {name} stage.")
     parser.add_argument("--params", default="params.yaml", type=Path, help="params file (default: params.yaml)")
     if add_args is not None:
@@ -125,4 +136,5 @@ def stage_main(name: str, body: Callable[[Params, argparse.Namespace], None],
 
 def run(name: str, body: Callable[[Params, argparse.Namespace], None],
         add_args: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
+    """A DVC stage's entry point: :func:`stage_main`, then exit with its code."""
     sys.exit(stage_main(name, body, add_args))

@@ -8,6 +8,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.errors import UserError
+
 
 class _Section(BaseModel):
     # A typo in params.yaml must fail loudly rather than silently fall back to a default.
@@ -282,7 +284,7 @@ def _distinct_seeds(v: list[int]) -> list[int]:
 
 class TuneConfig(_Section):
     study_name: str = "sparsehead-lambda"
-    storage: str = "sqlite:///optuna.db"  # OPTUNA_STORAGE overrides; journal:<path> for a file journal
+    storage: str = "sqlite:///optuna.db"  # OPTUNA_STORAGE overrides; also journal:<path>, postgresql+psycopg2://...
     n_trials: int = Field(8, ge=1)
     timeout_s: float | None = None
     lambda_low: float = Field(1e-5, gt=0.0)
@@ -303,8 +305,9 @@ class TuneConfig(_Section):
     seed: int = 0
     enqueue_baseline: bool = True
     max_failed_trials: int = Field(3, ge=1)  # a worker gives up after this many failed trials in a row
-    # Network databases (PostgreSQL): a running trial beats every heartbeat_s seconds; one silent for grace_s
-    # (its worker died, on any host) is failed and queued again with the same params, at most max_retries times.
+    # Database servers (PostgreSQL): a running trial beats every heartbeat_s seconds; one silent for grace_s
+    # (its worker died, on any host) is failed and queued again with the same params, at most max_retries times
+    # (on SQLite and the journal a dead worker is found by its process id, and its trial queued the same way).
     heartbeat_s: int = Field(30, gt=0)
     grace_s: int | None = Field(None, gt=0)  # None: 2 x heartbeat_s
     max_retries: int | None = Field(3, ge=0)  # None: retry a dead worker's trial for ever
@@ -331,6 +334,11 @@ class RegisterConfig(_Section):
     model_name: str = "sparsehead-encoder"
     alias: str = "champion"
     metric: str = "val_linear_top1"  # higher is better; the champion moves only on a strict gain
+    # What a run may do to the registry (README "The model registry"): main = `dvc repro` / `make run`
+    # registers, a `dvc exp run` (workspace, queued or --temp) only logs its model in its run; experiments =
+    # experiments register too; never = every run only logs its model. The alias never moves from a tree
+    # whose code or params differ from its commit.
+    policy: Literal["main", "experiments", "never"] = "main"
     out_info: str = "metrics/register.json"
 
 
@@ -367,7 +375,7 @@ class Params(_Section):
         return v
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """params.yaml is missing, unreadable or holds a value of the wrong kind."""
 
 

@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -56,7 +56,7 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def atomic_write(dest: str | Path, writer: Callable[[Path], None]) -> Path:
+def atomic_write(dest: str | Path, writer: Callable[[Path], object]) -> Path:
     with atomic_path(dest) as tmp:
         writer(tmp)
     return Path(dest)
@@ -79,6 +79,6 @@ def read_json(path: str | Path) -> Any:
 VOLATILE_SUFFIXES = ("_seconds", "img_per_s")
 
 
-def write_metrics(dest: str | Path, metrics: dict[str, float]) -> Path:
+def write_metrics(dest: str | Path, metrics: Mapping[str, float | str | None]) -> Path:
     """A DVC metrics file: the results in ``metrics``, without timings and throughputs."""
     return write_json(dest, {k: v for k, v in metrics.items() if not k.endswith(VOLATILE_SUFFIXES)})

@@ -66,7 +66,9 @@ def summarise(params: Params) -> list[str]:
                          f"{_f(final, 'test_linear_top1_mean')} +- {_f(final, 'test_linear_top1_sd')}, kNN@{k} "
                          f"{_f(final, f'test_knn{k}_top1_mean')} +- {_f(final, f'test_knn{k}_top1_sd')}")
     reg = _read(params.registry.out_info)
-    if reg:
+    if reg and not reg.get("registered", 1):
+        lines.append(f"register  not registered ({reg.get('reason', '')}); model in run {reg.get('run_id')}")
+    elif reg:
         state = f"@{reg['alias']}" if reg.get("promoted") else f"not promoted (@{reg['alias']} kept)"
         lines.append(f"register  {reg['model_name']} version {reg['version']}, {reg['metric']} "
                      f"{_f(reg, 'value', '.4f')}: {state}")

@@ -7,7 +7,9 @@ top-1 and kNN@k, RankMe of z, head sparsity and the share of exact zeros, and th
 linear top-1 against lambda = 0 of the same method on the same seeds (95% paired t interval, p-value).
 
 This is analysis, not selection: the ``tune`` stage chooses lambda on validation only; this reads test to
-describe what a choice is worth. Rows go to ``--out`` (CSV) as they finish.
+describe what a choice is worth. Rows go to ``--out`` (CSV) as they finish. In MLflow, as the study: one
+parent run (``sweep ...``: the arguments, the CSV and the table) and one nested run per configuration
+(every seed's figures, their mean and sd, the paired gap).
 
     python -m pipeline.sweep --lambdas 0 0.0001 0.001 0.01 --updates gradient proximal --seeds 0 1 2
 """
@@ -16,18 +18,20 @@ from __future__ import annotations
 
 import argparse
 import csv
-import statistics
 import sys
 from pathlib import Path
 
+import mlflow
 import torch
 
-from pipeline.config import Params, load_params
+from pipeline import tracking
+from pipeline.config import Params, flat_params, load_params
 from pipeline.data.format import load_dataset
 from pipeline.data.splits import train_val_split
 from pipeline.device import resolve_device
 from pipeline.engine.trainer import train
 from pipeline.evaluation import evaluate_encoder
+from pipeline.stats import format_mean_sd, mean_sd
 from pipeline.tuning.selection import paired_gap
 from pipeline.tuning.space import TrialChoice, trial_pretrain_config
 
@@ -35,6 +39,7 @@ COLUMNS = ("val_knn", "val_linear", "test_linear", "test_knn", "rankme_z", "head
 
 
 def run_one(params: Params, choice: TrialChoice, seed: int, epochs: int) -> dict[str, float]:
+    """Train ``choice`` on ``seed`` for ``epochs`` and evaluate it: the figures of :data:`COLUMNS`."""
     cfg = trial_pretrain_config(params.pretrain, choice, epochs)
     ds = load_dataset(params.prepare.out_dir)
     fit, val = train_val_split(ds.train, params.evaluate.val_fraction, params.seed)
@@ -47,12 +52,39 @@ def run_one(params: Params, choice: TrialChoice, seed: int, epochs: int) -> dict
             "head_sparsity": m["head_sparsity"], "exact_zeros": m["head_exact_zero_frac"]}
 
 
-def _ms(values: list[float], spec: str = ".4f") -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):{spec}} ± {sd:{spec}}"
+def _gap_metrics(per_seed: dict[int, dict[str, float]], base: dict[int, dict[str, float]]) -> dict[str, float]:
+    """The paired gap of test linear top-1 against lambda 0 on the same seeds, as MLflow metrics."""
+    g = paired_gap({s: r["test_linear"] for s, r in per_seed.items()},
+                   {s: r["test_linear"] for s, r in base.items()})
+    out = {"gap_test_linear": g.mean, "gap_ci95_low": g.ci_low, "gap_ci95_high": g.ci_high,
+           "gap_p_value": g.p_value}
+    return {k: float(v) for k, v in out.items() if v is not None}
+
+
+def _log_configuration(method: str, update: str, lam: float, form: str, epochs: int,
+                       per_seed: dict[int, dict[str, float]], base: dict[int, dict[str, float]] | None) -> None:
+    """One nested run: the configuration, every seed's figures, their mean and sd, and the gap."""
+    seeds = ",".join(str(s) for s in per_seed)
+    name = tracking.run_name("sweep", method=method, lam=lam, seed=seeds, form=form,
+                             update=update if lam > 0 else "gradient")
+    parent = mlflow.active_run()
+    if parent is None:
+        raise RuntimeError("_log_configuration runs inside the sweep's parent run")
+    with mlflow.start_run(run_name=name, nested=True, experiment_id=parent.info.experiment_id,
+                          tags={"stage": "sweep", **tracking.lineage_tags()}):
+        mlflow.log_params({"method": method, "update": update, "lambda": lam, "form": form, "epochs": epochs,
+                           "seeds": seeds})
+        metrics: dict[str, float] = {}
+        for c in COLUMNS:
+            metrics[c], metrics[f"{c}_sd"] = mean_sd([r[c] for r in per_seed.values()])
+            metrics.update({f"{c}.seed{s}": r[c] for s, r in per_seed.items()})
+        if lam > 0 and base:
+            metrics.update(_gap_metrics(per_seed, base))
+        tracking.log_metrics(metrics)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m pipeline.sweep``: train, evaluate, log and print every configuration (see the module)."""
     ap = argparse.ArgumentParser(prog="python -m pipeline.sweep", description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--methods", nargs="+", default=None, help="default: pretrain.ssl.method")
@@ -74,7 +106,14 @@ def main(argv: list[str] | None = None) -> int:
     configs += [(m, u, lam) for m in methods for u in args.updates for lam in args.lambdas if lam > 0]
     results: dict[tuple[str, str, float], dict[int, dict[str, float]]] = {}
     out = Path(args.out)
-    with out.open("w", newline="") as f:
+    title = (f"sweep {' '.join(methods)} lambdas {' '.join(f'{x:g}' for x in args.lambdas)} "
+             f"seeds {','.join(map(str, args.seeds))}")
+    with tracking.start_run(params.tracking, run_name=title, tags={"stage": "sweep"}), \
+            out.open("w", newline="") as f:
+        mlflow.log_params({"sweep.methods": " ".join(methods), "sweep.lambdas": " ".join(map(str, args.lambdas)),
+                           "sweep.updates": " ".join(args.updates), "sweep.form": form, "sweep.epochs": epochs,
+                           "sweep.seeds": " ".join(map(str, args.seeds)), "seed": params.seed,
+                           **flat_params(params.pretrain, "pretrain."), "torch_num_threads": torch.get_num_threads()})
         w = csv.writer(f)
         w.writerow(["method", "update", "lambda", "seed", *COLUMNS])
         for method, update, lam in configs:
@@ -86,12 +125,25 @@ def main(argv: list[str] | None = None) -> int:
                 f.flush()
                 print(f"{method} {update} lambda {lam:g} seed {seed}: test linear {row['test_linear']:.4f}",
                       file=sys.stderr)
-    print(f"\n{len(args.seeds)} seeds, {epochs} epochs, form {form}, {torch.get_num_threads()} threads\n")
-    print("| method | update | lambda | val kNN | val linear | test linear | test kNN | RankMe z | sparsity "
-          "| exact zeros | test linear gap vs lambda 0 [95% CI], p |")
-    print("|" + "---|" * 11)
+            _log_configuration(method, update, lam, form, epochs, results[(method, update, lam)],
+                               results.get((method, "-", 0.0)))
+        table = _table(results, len(args.seeds), epochs, form)
+        f.flush()
+        mlflow.log_artifact(str(out))
+        mlflow.log_text(table, "sweep.md")
+    print(table)
+    return 0
+
+
+def _table(results: dict[tuple[str, str, float], dict[int, dict[str, float]]], seeds: int, epochs: int,
+           form: str) -> str:
+    """The Markdown table: mean ± sd of every column and the paired gap against lambda 0."""
+    lines = [f"\n{seeds} seeds, {epochs} epochs, form {form}, {torch.get_num_threads()} threads\n",
+             "| method | update | lambda | val kNN | val linear | test linear | test kNN | RankMe z | sparsity "
+             "| exact zeros | test linear gap vs lambda 0 [95% CI], p |", "|" + "---|" * 11]
     for (method, update, lam), per_seed in results.items():
-        cells = [_ms([r[c] for r in per_seed.values()], ".2f" if c == "rankme_z" else ".4f") for c in COLUMNS]
+        cells = [format_mean_sd([r[c] for r in per_seed.values()], ".2f" if c == "rankme_z" else ".4f")
+                 for c in COLUMNS]
         base = results.get((method, "-", 0.0))
         gap = "-"
         if lam > 0 and base:
@@ -99,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
                            {s: r["test_linear"] for s, r in base.items()})
             ci = f"[{g.ci_low:+.4f}, {g.ci_high:+.4f}]" if g.ci_low is not None else "[n/a]"
             gap = f"{g.mean:+.4f} {ci}, p {g.p_value:.2g}" if g.p_value is not None else f"{g.mean:+.4f} {ci}"
-        print(f"| {method} | {update} | {lam:g} | " + " | ".join(cells) + f" | {gap} |")
-    return 0
+        lines.append(f"| {method} | {update} | {lam:g} | " + " | ".join(cells) + f" | {gap} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

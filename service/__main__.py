@@ -16,12 +16,17 @@ import uvicorn
 
 from pipeline.config import ConfigError
 from service.app import create_app
-from service.protocol import protocol_options
+from service.server import uvicorn_options
 from service.settings import load_settings
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__.splitlines()[0])
+    """Parse the command line, load the settings and serve until SIGTERM / SIGINT.
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``).
+    """
+    parser = argparse.ArgumentParser(prog="python -m service", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--host", help="bind address (default: serve.host / SERVE_HOST)")
     parser.add_argument("--port", type=int, help="port (default: serve.port / SERVE_PORT)")
     args = parser.parse_args(argv)
@@ -43,11 +48,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: {exc}")
     # log_config=None: uvicorn's own dictConfig would drop the root handler set up above, and with it the
     # service's messages; this way every logger shares one format.
-    # The protocol bounds header size and read times (service.protocol); the graceful shutdown outlasts a
-    # reload's deadline (reload_timeout_s < 30), so a reload in flight at shutdown still gets its answer.
+    # The graceful shutdown outlasts a reload's deadline (reload_timeout_s < 30), so a reload in flight at
+    # shutdown still gets its answer.
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
                 log_config=None, access_log=settings.access_log, timeout_graceful_shutdown=30,
-                **protocol_options(settings.max_header_bytes, settings.header_timeout_s))
+                **uvicorn_options(settings))
 
 
 if __name__ == "__main__":

@@ -24,24 +24,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.errors import ApiError
 from service.metrics import Metrics
 from service.model_store import ServedModel
 
 log = logging.getLogger(__name__)
 
 
-class QueueFull(RuntimeError):
-    """Too many images outstanding; the client should retry later (HTTP 429)."""
-
-
-class NotReady(RuntimeError):
-    """No model loaded yet (HTTP 503)."""
-
-
 @dataclass
 class BatchOutput:
+    """One request's share of a forward pass."""
+
     h: np.ndarray  # this request's rows only
-    z: np.ndarray
+    z: np.ndarray | None  # None when no request of the batch asked for the projection
     model: ServedModel  # the model that computed them (a reload may swap it for later batches)
     queue_ms: float
     inference_ms: float
@@ -52,11 +47,23 @@ class BatchOutput:
 class _Pending:
     images: np.ndarray
     model: ServedModel
+    projection: bool
     future: asyncio.Future
     enqueued: float
 
 
 class MicroBatcher:
+    """Concurrent requests' images in shared forward passes (see the module's docstring).
+
+    Args:
+        model: the current model, for requests that do not name theirs.
+        max_batch_size: images per forward pass (a larger request runs alone, in chunks).
+        max_wait_ms: how long the oldest request waits for others (0: batches only grow while a pass runs).
+        max_queue_images: images queued or in a running pass, past which requests are refused (429).
+        workers: threads running forward passes.
+        metrics: batch sizes, queue and inference times.
+    """
+
     def __init__(self, model: Callable[[], ServedModel | None], *, max_batch_size: int, max_wait_ms: float,
                  max_queue_images: int, workers: int, metrics: Metrics | None = None) -> None:
         self._model = model
@@ -74,9 +81,11 @@ class MicroBatcher:
         self._running: set[asyncio.Task] = set()
 
     async def start(self) -> None:
+        """Start the collector (in the running event loop)."""
         self._collector = asyncio.create_task(self._collect(), name="batch-collector")
 
     async def stop(self) -> None:
+        """Finish running passes, refuse what is queued (503), stop the threads."""
         if self._collector is not None:
             self._collector.cancel()
             await asyncio.gather(self._collector, return_exceptions=True)
@@ -85,24 +94,26 @@ class MicroBatcher:
         while self._queue:
             p = self._queue.popleft()
             if not p.future.done():
-                p.future.set_exception(NotReady("the service is shutting down"))
+                p.future.set_exception(ApiError(503, "shutting_down", "the service is shutting down", 5))
         # Off the loop: a forward pass still running must not freeze the shutdown of everything else.
         await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
 
     @property
     def outstanding_images(self) -> int:
+        """Images queued or in a running forward pass."""
         return self._outstanding
 
-    async def submit(self, images: np.ndarray, model: ServedModel | None = None) -> BatchOutput:
+    async def submit(self, images: np.ndarray, model: ServedModel | None = None,
+                     projection: bool = True) -> BatchOutput:
         """Embed uint8 (N, S, S, C) images with ``model`` (the one they were decoded for; default: the
-        current one); returns both layers for this request's rows."""
+        current one); returns this request's rows of h, and of z when ``projection``."""
         n = len(images)
         model = model if model is not None else self._model()
         if model is None:
-            raise NotReady("the model is not loaded yet")
+            raise ApiError(503, "not_ready", "the model is not loaded yet", 5)
         self.ensure_room(n)
         future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(images, model, future, time.perf_counter()))
+        self._queue.append(_Pending(images, model, projection, future, time.perf_counter()))
         self._queued_images += n
         self._add_outstanding(n)
         self._arrived.set()
@@ -114,11 +125,11 @@ class MicroBatcher:
             raise
 
     def ensure_room(self, n: int) -> None:
-        """Raise :class:`QueueFull` unless ``n`` more images fit; also called before decoding, so a full
+        """Refuse (429 ``queue_full``) unless ``n`` more images fit; also called before decoding, so a full
         queue refuses a request before its images cost anything."""
         if self._outstanding + n > self.max_queue_images:
-            raise QueueFull(f"{self._outstanding} images are already waiting and this request adds {n} "
-                            f"(limit {self.max_queue_images}); retry later")
+            raise ApiError(429, "queue_full", f"{self._outstanding} images are already waiting and this request "
+                                              f"adds {n} (limit {self.max_queue_images}); retry later", 1)
 
     def _add_outstanding(self, n: int) -> None:
         self._outstanding += n
@@ -177,7 +188,8 @@ class MicroBatcher:
             started = time.perf_counter()
             images = batch[0].images if len(batch) == 1 else np.concatenate([p.images for p in batch])
             loop = asyncio.get_running_loop()
-            h, z = await loop.run_in_executor(self._executor, self._forward, model, images)
+            projection = any(p.projection for p in batch)
+            h, z = await loop.run_in_executor(self._executor, self._forward, model, images, projection)
             inference_s = time.perf_counter() - started
             if self.metrics:
                 self.metrics.batch_size.observe(total)
@@ -189,8 +201,8 @@ class MicroBatcher:
                 if self.metrics:
                     self.metrics.queue_time.observe(queue_s)
                 if not p.future.done():
-                    p.future.set_result(BatchOutput(h[row:row + n], z[row:row + n], model, queue_s * 1000,
-                                                    inference_s * 1000, total))
+                    p.future.set_result(BatchOutput(h[row:row + n], z[row:row + n] if z is not None else None,
+                                                    model, queue_s * 1000, inference_s * 1000, total))
                 row += n
         except Exception as exc:
             log.exception("forward pass over %d images failed", total)
@@ -201,9 +213,12 @@ class MicroBatcher:
             self._add_outstanding(-total)
             self._slots.release()
 
-    def _forward(self, model: ServedModel, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _forward(self, model: ServedModel, images: np.ndarray,
+                 projection: bool) -> tuple[np.ndarray, np.ndarray | None]:
         # A request larger than max_batch_size forms a batch of its own: run it in chunks.
         if len(images) <= self.max_batch_size:
-            return model.embed(images)
-        parts = [model.embed(images[i:i + self.max_batch_size]) for i in range(0, len(images), self.max_batch_size)]
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+            return model.embed(images, projection)
+        parts = [model.embed(images[i:i + self.max_batch_size], projection)
+                 for i in range(0, len(images), self.max_batch_size)]
+        zs = [p[1] for p in parts]
+        return np.concatenate([p[0] for p in parts]), np.concatenate(zs) if projection else None  # type: ignore[arg-type]

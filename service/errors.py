@@ -1,8 +1,8 @@
-"""Every error is JSON ``{"error": {"message", "type", "code", "index"?}}``; a client mistake is a clear
-4xx and never a 500.
+"""The service's one error: :class:`ApiError`, rendered by one handler as
+``{"error": {"message", "type", "code", "index"?}}``; a client mistake is a clear 4xx, never a 500.
 
-The handlers map the service's own exceptions (bad images, a full queue, no model yet), FastAPI's
-validation errors and Starlette's 404/405 to that one shape, and count each refusal by its type.
+FastAPI's validation errors and Starlette's 404/405 are turned into the same shape, and every refusal is
+counted by its type.
 """
 
 from __future__ import annotations
@@ -15,14 +15,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.batching import NotReady, QueueFull
-from service.budget import DecodeBusy
-from service.imaging import ImageError
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-# OpenAI-style error types, by HTTP status.
+# OpenAI-style error types, by HTTP status, for errors raised without a more specific one.
 ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -43,41 +40,64 @@ ERROR_TYPES = {
 
 
 class ApiError(Exception):
-    """An error with its HTTP status, raised anywhere in a request and rendered by the handlers."""
+    """An error with its HTTP answer, raised anywhere in a request and rendered by one handler.
 
-    def __init__(self, status: int, message: str, *, type: str | None = None, index: int | None = None,
-                 headers: Mapping[str, str] | None = None) -> None:
+    Args:
+        status: the HTTP status.
+        type: the error type clients branch on (``invalid_image``, ``queue_full``, ...); None: the
+            status's generic type (:data:`ERROR_TYPES`).
+        message: one readable sentence; it never holds a traceback or a server path.
+        retry_after: seconds a client should wait before retrying (the ``Retry-After`` header).
+        index: the position of the request's image at fault, when one is.
+        headers: other response headers (``WWW-Authenticate``).
+    """
+
+    def __init__(self, status: int, type: str | None, message: str, retry_after: int | None = None, *,
+                 index: int | None = None, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
-        self.message = message
         self.type = type or ERROR_TYPES.get(status, "invalid_request_error")
+        self.message = message
+        self.retry_after = retry_after
         self.index = index
         self.headers = dict(headers or {})
+        if retry_after is not None:
+            self.headers["Retry-After"] = str(retry_after)
+
+    def body(self) -> dict[str, object]:
+        """The JSON answer, ``{"error": {...}}``."""
+        error: dict[str, object] = {"message": self.message, "type": self.type, "code": self.status}
+        if self.index is not None:
+            error["index"] = self.index
+        return {"error": error}
 
 
-class ClientAborted(Exception):
-    """The client closed the connection before its body arrived (counted as 499, not as a server error)."""
-
-
-def error_response(status: int, message: str, *, type: str | None = None, index: int | None = None,
-                   headers: Mapping[str, str] | None = None) -> JSONResponse:
-    body: dict[str, object] = {"message": message, "type": type or ERROR_TYPES.get(status, "error"),
-                               "code": status}
-    if index is not None:
-        body["index"] = index
-    return JSONResponse({"error": body}, status_code=status, headers=dict(headers or {}))
+def _union_tag(part: object) -> bool:
+    """Whether a location part names a member of a union (pydantic reports each member's error)."""
+    return isinstance(part, str) and (part in ("str", "RawArray") or part.startswith(("list[", "union[")))
 
 
 def describe_validation_errors(errors: Sequence[Mapping]) -> tuple[str, int | None]:
-    """Pydantic errors -> one readable message (at most three problems) and the first bad image's index."""
+    """Pydantic errors -> one readable message (at most three problems) and the first bad image's index.
+
+    Args:
+        errors: ``ValidationError.errors()`` of a request body or of query parameters.
+
+    Returns:
+        The message and the index of the first image at fault (None when no image is).
+    """
+    located = [([p for p in err.get("loc", ()) if p not in ("body", "query") and not _union_tag(p)], err)
+               for err in errors]
+    # ``input`` is one image or a list: when the list's items are wrong, "not a string" says nothing more.
+    if any(len(loc) >= 2 and loc[0] == "input" and isinstance(loc[1], int) for loc, _ in located):
+        located = [(loc, err) for loc, err in located if loc != ["input"]]
     messages: list[str] = []
     index: int | None = None
-    for err in errors:
-        loc = [p for p in err.get("loc", ()) if p != "body"]
-        if len(loc) >= 2 and loc[0] == "images" and isinstance(loc[1], int):
+    for loc, err in located:
+        if len(loc) >= 2 and loc[0] in ("images", "input") and isinstance(loc[1], int):
             index = loc[1] if index is None else index
-            rest = [str(p) for p in loc[2:] if p not in ("str", "RawArray")]
-            if err.get("type") in ("string_type", "model_type", "model_attributes_type"):
+            rest = [str(p) for p in loc[2:]]
+            if not rest and err.get("type") in ("string_type", "model_type", "model_attributes_type"):
                 msg = f"image {loc[1]}: expected a base64 string or a raw array object {{\"data\", \"shape\"}}"
             else:
                 msg = f"image {loc[1]}: {'.'.join(rest) + ': ' if rest else ''}{err.get('msg')}"
@@ -90,53 +110,40 @@ def describe_validation_errors(errors: Sequence[Mapping]) -> tuple[str, int | No
     return "; ".join(messages[:3]) + more, index
 
 
-def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
-    def respond(status: int, message: str, *, type: str | None = None, index: int | None = None,
-                headers: Mapping[str, str] | None = None) -> JSONResponse:
-        resp = error_response(status, message, type=type, index=index, headers=headers)
-        metrics.rejected.labels(type or ERROR_TYPES.get(status, "error")).inc()
-        return resp
+def install_error_handler(app: FastAPI, metrics: Metrics) -> None:
+    """Render :class:`ApiError` (and what FastAPI and Starlette raise, turned into one) on ``app``.
 
-    async def on_api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return respond(exc.status, exc.message, type=exc.type, index=exc.index, headers=exc.headers)
+    Args:
+        app: the app to install the handlers on.
+        metrics: where each refusal is counted, by its type.
+    """
+    def respond(exc: ApiError) -> JSONResponse:
+        metrics.rejected.labels(exc.type).inc()
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
-    async def on_image_error(_: Request, exc: ImageError) -> JSONResponse:
-        kind = "image_too_large" if exc.status == 413 else "invalid_image"
-        return respond(exc.status, str(exc), type=kind, index=exc.index)
+    async def on_api_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ApiError)
+        if exc.status == 499:
+            # The client's doing, not a server error: one line, no traceback, counted under status 499. The
+            # answer goes nowhere (the connection is gone); it is what the metrics middleware records.
+            log.info("client aborted %s %s: %s", request.method, request.url.path, exc.message)
+        return respond(exc)
 
-    async def on_queue_full(_: Request, exc: QueueFull) -> JSONResponse:
-        return respond(429, str(exc), type="queue_full", headers={"Retry-After": "1"})
-
-    async def on_decode_busy(_: Request, exc: DecodeBusy) -> JSONResponse:
-        return respond(429, str(exc), type="decode_busy", headers={"Retry-After": "1"})
-
-    async def on_client_aborted(request: Request, exc: ClientAborted) -> JSONResponse:
-        # The client's doing, not a server error: one line, no traceback, counted under status 499. The
-        # response goes nowhere (the connection is gone); it is what the metrics middleware records.
-        log.info("client aborted %s %s: %s", request.method, request.url.path, exc)
-        return respond(499, str(exc))
-
-    async def on_not_ready(_: Request, exc: NotReady) -> JSONResponse:
-        return respond(503, str(exc), type="not_ready", headers={"Retry-After": "5"})
-
-    async def on_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def on_validation(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
         message, index = describe_validation_errors(exc.errors())
-        return respond(422, message, index=index)
+        return respond(ApiError(422, None, message, index=index))
 
-    async def on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return respond(exc.status_code, str(exc.detail), headers=exc.headers)
+    async def on_http(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        return respond(ApiError(exc.status_code, None, str(exc.detail), headers=exc.headers))
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         # A bug or a failed forward pass, not the client's doing; the traceback goes to the log.
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return respond(500, f"internal error ({type(exc).__name__}); see the service log")
+        return respond(ApiError(500, None, f"internal error ({type(exc).__name__}); see the service log"))
 
     app.add_exception_handler(ApiError, on_api_error)
-    app.add_exception_handler(ImageError, on_image_error)
-    app.add_exception_handler(QueueFull, on_queue_full)
-    app.add_exception_handler(DecodeBusy, on_decode_busy)
-    app.add_exception_handler(ClientAborted, on_client_aborted)
-    app.add_exception_handler(NotReady, on_not_ready)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(Exception, on_unexpected)

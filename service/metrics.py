@@ -1,7 +1,13 @@
 """Prometheus metrics in a registry owned by one app (never the process-global one), so several apps in a
-process (tests, a reload) do not collide or double count."""
+process (tests, a reload) do not collide or double count; :class:`MetricsMiddleware` records every
+request by its route template and final status.
+"""
 
 from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -11,12 +17,16 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
 class Metrics:
+    """The service's metrics, named ``<prefix>_*``."""
+
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self, prefix: str = "embedding") -> None:
@@ -46,8 +56,63 @@ class Metrics:
         self.reloads = Counter(f"{prefix}_model_reloads", "Model loads by outcome.", ["outcome"], registry=r)
 
     def set_model(self, name: str | None, version: str | None, alias: str | None) -> None:
+        """Label the served model (one series at a time)."""
         self.model_info.clear()
         self.model_info.labels(name or "", version or "", alias or "").set(1)
 
     def render(self) -> bytes:
+        """The text exposition format."""
         return generate_latest(self.registry)
+
+
+class MetricsMiddleware:
+    """A plain ASGI middleware (no extra task or body copy per request, unlike BaseHTTPMiddleware).
+
+    The route template (``/v1/embeddings``, never a raw path) keeps the label set bounded; a path no
+    route matches is counted as ``unmatched``.
+
+    Args:
+        app: the ASGI app it wraps.
+        metrics: where requests are counted.
+        routes: the app's routes, to name the requests that no FastAPI route labels.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, routes: Callable[[], Sequence[BaseRoute]]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.routes = routes
+        # Each label set's counter and histogram, looked up once (prometheus_client's labels() takes a lock).
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def _template(self, scope: Scope) -> str:
+        # FastAPI's own routes write themselves into the scope; plain Starlette ones (the OpenAPI
+        # document, the docs pages) do not, so those are matched here.
+        route = scope.get("route")
+        if route is None:
+            route = next((r for r in self.routes() if r.matches(scope)[0] is Match.FULL), None)
+        return getattr(route, "path", None) or "unmatched"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the client gets when an exception escapes before a response starts
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            route = self._template(scope)
+            key = (route, scope["method"], status)
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = (self.metrics.requests.labels(route, key[1], str(status)),
+                                              self.metrics.latency.labels(route))
+            series[0].inc()
+            series[1].observe(time.perf_counter() - started)

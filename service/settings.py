@@ -7,6 +7,7 @@ Every field can be overridden by ``SERVE_<FIELD>`` (e.g. ``SERVE_MODEL_URI``, ``
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +21,8 @@ ENV_PREFIX = "SERVE_"
 
 
 class Settings(ServeConfig):
+    """Everything the service reads at start; see the module's docstring for where values come from."""
+
     # The fields below are the service's own, beyond params.yaml's ``serve`` section.
     tracking_uri: str = "sqlite:///mlflow.db"
     device: str = "cpu"  # cpu | cuda | cuda:N | auto
@@ -28,8 +31,11 @@ class Settings(ServeConfig):
     # served on a loopback address (anywhere else they answer 403, see service.admin).
     admin_token: str | None = None
     torch_threads: int | None = Field(None, gt=0)  # intra-op threads; applied by `python -m service` only
+    # Serve TorchScript-frozen graphs of the encoder (falling back to eager when they do not match it);
+    # see service.model_store.freeze_for_inference.
+    freeze_model: bool = True
     decode_workers: int = Field(min(4, os.cpu_count() or 1), gt=0)  # threads decoding images off the loop
-    # Decode work, in decoded pixels (see service.imaging and service.budget). max_image_pixels (params.yaml)
+    # Decode work, in decoded pixels (see service.decoding). max_image_pixels (params.yaml)
     # bounds what an image's header may claim; these bound what is really decoded: one image (a JPEG is
     # decoded at a reduced scale, so a 12-megapixel photo costs a fraction of this; a PNG, GIF, BMP,
     # TIFF, WebP... is decoded whole and must fit from its header), one request, and all requests in flight
@@ -37,7 +43,9 @@ class Settings(ServeConfig):
     max_decode_pixels: int = Field(4_194_304, gt=0)  # 2048 x 2048
     max_request_decode_pixels: int = Field(33_554_432, gt=0)  # 8 such images
     max_inflight_decode_pixels: int = Field(67_108_864, gt=0)  # 2 such requests
-    # The connection (see service.protocol): a request's header block, its header and body read times.
+    # The connection (see service.server): a request's header block, its header and body read times;
+    # http: "guarded" (httptools with those limits) or "h11" (uvicorn's h11, its public size limit only).
+    http: Literal["guarded", "h11"] = "guarded"
     max_header_bytes: int = Field(65_536, gt=0)
     header_timeout_s: float = Field(10.0, gt=0)
     body_timeout_s: float = Field(30.0, gt=0)
@@ -68,9 +76,37 @@ class Settings(ServeConfig):
         return self
 
 
+    @property
+    def admin_enabled(self) -> bool:
+        """Whether the admin routes answer: with a token, or on a loopback address only (where only the
+        machine itself reaches them); elsewhere (the Docker image binds 0.0.0.0) they answer 403."""
+        return bool(self.admin_token) or is_loopback(self.host)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (127.0.0.0/8, ::1, localhost); a host name is not."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False
+
+
 def load_settings(params_path: str | Path | None = None, env: Mapping[str, str] | None = None,
                   **overrides: object) -> Settings:
-    """params.yaml's ``serve`` section < ``SERVE_*`` / ``MLFLOW_TRACKING_URI`` < ``overrides``."""
+    """The service's settings: params.yaml's ``serve`` section < ``SERVE_*`` / ``MLFLOW_TRACKING_URI`` <
+    ``overrides``.
+
+    Args:
+        params_path: the params file (default: ``SERVE_PARAMS`` or ``params.yaml``; a missing file gives
+            the defaults).
+        env: the environment to read (default: ``os.environ``); an explicit one is the whole truth.
+        overrides: values that win over both (``python -m service --port``).
+
+    Raises:
+        ConfigError: a bad value, naming its key and its environment variable.
+    """
     env = os.environ if env is None else env
     params_path = params_path or env.get(ENV_PREFIX + "PARAMS", "params.yaml")
     params = load_params(params_path)

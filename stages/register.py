@@ -1,4 +1,4 @@
-"""DVC stage ``register``: the final encoder into the MLflow Model Registry; the alias moves only on a win (body: :mod:`pipeline.stages.register`)."""
+"""DVC stage ``register``: the final encoder into the MLflow Model Registry as ``register.policy`` allows (body: :mod:`pipeline.stages.register`)."""
 
 from pipeline.cli import run
 from pipeline.stages.register import run as body

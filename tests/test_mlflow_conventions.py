@@ -153,8 +153,8 @@ def test_git_commit_ignores_what_dvc_repro_itself_changes(clean_clone):
 
 
 def test_dvc_outputs_come_from_the_projects_dvc_yaml():
-    outs = set(tracking.runs.dvc_outputs(REPO))
+    outs = set(tracking.lineage.dvc_outputs(REPO))
     assert {"dvc.lock", "data/prepared", "models/pretrain/encoder.pt", "metrics/eval.json", "best_params.json",
             "plots/eval/confusion.csv", "metrics/register.json"} <= outs
     assert not {"params.yaml", "dvc.yaml", "pipeline/engine"} & outs
-    assert tracking.runs.dvc_outputs(REPO / "no-such-folder") == []
+    assert tracking.lineage.dvc_outputs(REPO / "no-such-folder") == []

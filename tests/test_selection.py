@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from pipeline.tuning.selection import paired_gap, select
+from pipeline.tuning.selection import is_tie, objective_resolution, paired_gap, select
 
 
 def t_quantile_df2(u: float) -> float:
@@ -63,3 +63,32 @@ def test_significant_moves_for_an_interval_above_zero():
 
 def test_a_best_baseline_is_kept_by_either_rule():
     assert select("mean", True, None).chose_baseline and select("significant", True, None).chose_baseline
+
+
+def test_a_gap_within_the_objectives_resolution_is_a_tie_that_keeps_lambda_zero():
+    # The fresh clone's case: 3 seeds, 435 validation images, both trials 397 right per seed on average;
+    # their means differ only by float rounding (+2e-8), far below one image in 3 x 435 (7.7e-4).
+    n_val, seeds = 435, 3
+    resolution = objective_resolution(seeds, n_val)
+    assert resolution == pytest.approx(1 / 1305)
+    best = {0: 396 / n_val, 1: 398 / n_val, 2: 397 / n_val + 6e-8}
+    base = {0: 397 / n_val, 1: 397 / n_val, 2: 397 / n_val}
+    gap = paired_gap(best, base)
+    assert 0 < gap.mean < 1e-7
+    for rule in ("mean", "significant"):
+        choice = select(rule, False, gap, resolution)
+        assert choice.chose_baseline, rule
+        assert choice.reason.startswith("a tie:") and "keeping lambda = 0, the simpler model" in choice.reason
+
+
+def test_one_image_more_is_not_a_tie():
+    n_val, seeds = 435, 3
+    resolution = objective_resolution(seeds, n_val)
+    best = {0: 398 / n_val, 1: 397 / n_val, 2: 397 / n_val}  # one more image right over the three seeds
+    base = {0: 397 / n_val, 1: 397 / n_val, 2: 397 / n_val}
+    gap = paired_gap(best, base)
+    assert gap.mean == pytest.approx(resolution)
+    assert not is_tie(gap, resolution)
+    assert not select("mean", False, gap, resolution).chose_baseline
+    assert select("significant", False, gap, resolution).chose_baseline  # the interval includes zero
+    assert "does not lie above zero" in select("significant", False, gap, resolution).reason

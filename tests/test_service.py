@@ -8,6 +8,7 @@ import asyncio
 import base64
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -176,15 +177,15 @@ class Gate:
         self.open.clear()
 
     def wrap(self, loaded: LoadedModel) -> LoadedModel:
-        inner = loaded.encoder.forward_both
+        inner = loaded.encoder.forward
 
-        def forward_both(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def forward(x: torch.Tensor) -> torch.Tensor:
             self.entered.set()
             if not self.open.wait(WAIT_S):
                 raise TimeoutError("the test never opened the gate")
             return inner(x)
 
-        loaded.encoder.forward_both = forward_both  # an instance attribute shadows the method
+        loaded.encoder.forward = forward  # an instance attribute shadows the method
         return loaded
 
 
@@ -358,6 +359,12 @@ BAD_INPUTS = {
                             422, ["multipart"], None),
     "multipart without boundary": ({"content": b"x", "headers": {"content-type": "multipart/form-data"}}, 422,
                                    ["boundary"], None),
+    "multipart boundary over 256 characters": ({"content": b"--" + b"b" * 300 + b"--\r\n", "headers": {
+        "content-type": "multipart/form-data; boundary=" + "b" * 300}}, 422, ["multipart", "256"], None),
+    "raw array shape of 2,200-digit integers": ({"content": b'{"images": [{"data": "AAAA", "shape": [' +
+                                                 b"9" * 2200 + b", " + b"9" * 2200 + b"]}]}",
+                                                 "headers": {"content-type": "application/json"}}, 422,
+                                                ["malformed JSON"], None),
 }
 
 
@@ -388,8 +395,24 @@ def test_openapi_documents_both_request_bodies(client):
     spec = client.get("/openapi.json").json()
     body = spec["paths"]["/v1/embeddings"]["post"]["requestBody"]["content"]
     assert set(body) == {"application/json", "multipart/form-data"}
-    assert "images" in spec["components"]["schemas"]["EmbeddingRequest"]["properties"]
-    assert "RawArray" in spec["components"]["schemas"]
+    schemas = spec["components"]["schemas"]
+    for ref in body.values():  # every reference resolves to a declared model
+        assert ref["schema"]["$ref"].rsplit("/", 1)[1] in schemas
+    assert {"images", "input", "model", "layer"} <= set(schemas["EmbeddingRequest"]["properties"])
+    assert {"files", "layer", "normalize"} <= set(schemas["EmbeddingForm"]["properties"])
+    assert "RawArray" in schemas
+
+
+def test_the_docs_pages_load_nothing_from_outside(client):
+    for page in ("/docs", "/redoc"):
+        html = client.get(page).text
+        urls = re.findall(r"""(?:src|href)=["']([^"']+)""", html) + re.findall(r"""url: ?["']([^"']+)""", html)
+        assert urls and all(u.startswith("/") for u in urls), urls  # served here, never from a CDN
+        for url in urls:
+            r = client.get(url)
+            assert r.status_code == 200 and len(r.content) > 100, url
+    js = client.get("/docs-assets/swagger-ui-bundle.js").text
+    assert "SwaggerUIBundle" in js  # Swagger UI 5: renders the OpenAPI 3.1 document FastAPI writes
 
 
 def test_metrics_count_requests_by_route_and_status(store):
@@ -487,8 +510,10 @@ def test_concurrent_requests_are_batched_into_one_forward_pass(store):
 
 def test_past_the_queue_limit_requests_get_429_and_the_service_recovers(store):
     gate = Gate()
+    # freeze_model=False: the gate is in the eager forward, which a frozen graph would not call
     app = create_app(make_settings(store, max_queue_images=2, max_images_per_request=2, max_batch_size=1,
-                                   max_wait_ms=0), loader=lambda uri: gate.wrap(load_registered(uri)))
+                                   max_wait_ms=0, freeze_model=False),
+                     loader=lambda uri: gate.wrap(load_registered(uri)))
 
     async def body(c: httpx.AsyncClient) -> None:
         gate.close()
@@ -526,7 +551,7 @@ def test_reload_swaps_to_the_new_champion_without_failing_requests_in_flight(sto
         loaded = load_registered(u)
         return gate.wrap(loaded) if len(loads) == 1 else loaded  # only version 1 can be held
 
-    app = create_app(make_settings(store, model_uri=uri, max_wait_ms=0, workers=1), loader=loader)
+    app = create_app(make_settings(store, model_uri=uri, max_wait_ms=0, workers=1, freeze_model=False), loader=loader)
 
     async def body(c: httpx.AsyncClient) -> None:
         gate.close()
@@ -535,7 +560,7 @@ def test_reload_swaps_to_the_new_champion_without_failing_requests_in_flight(sto
         assert await asyncio.to_thread(gate.entered.wait, WAIT_S)
         queued = asyncio.create_task(c.post("/v1/embeddings", **payload))
         deadline = time.monotonic() + WAIT_S
-        while app.state.batcher.outstanding_images < 2 * len(store.images):  # the second one is queued
+        while app.state.wiring.batcher.outstanding_images < 2 * len(store.images):  # the second one is queued
             assert time.monotonic() < deadline
             await asyncio.sleep(0.005)
 

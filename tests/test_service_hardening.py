@@ -41,14 +41,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-import service.routes
-from pipeline.data.preprocess import InputSpec
+import service.decoding
+from pipeline.data.decode import DecodeLimits, open_image
 from pipeline.tracking.registry import LoadedModel, load_registered
 from pipeline.tracking.runs import bound_http_retries
-from service.admin import is_loopback
 from service.app import create_app
-from service.imaging import ImageLimits, probe_file
-from service.protocol import protocol_options
+from service.server import uvicorn_options
+from service.settings import is_loopback
 from tests.servers import free_port
 from tests.test_service import (  # noqa: F401 - store is a fixture
     GOOD,
@@ -111,9 +110,9 @@ def client(store: Store) -> Iterator[TestClient]:
 
 def test_a_12_megapixel_jpeg_is_decoded_at_a_reduced_scale_and_embeds(client, store):
     photo = jpeg(4000, 3000)
-    probed = probe_file(photo, 0, InputSpec(SIDE, 1, (0.3,), (0.4,)), ImageLimits(10**7, 16_000_000, 1_000_000))
-    assert probed.image is not None and probed.image.size == (500, 375)  # 1/8 scale: never 12 M pixels
-    assert probed.cost == 500 * 375
+    opened = open_image(photo, SIDE, DecodeLimits(10**7, 16_000_000, 1_000_000))
+    assert opened.image.size == (500, 375)  # 1/8 scale: never 12 M pixels
+    assert opened.cost == 500 * 375
     r = client.post("/v1/embeddings", files=[("files", ("photo.jpg", photo, "image/jpeg"))])
     assert r.status_code == 200, r.text
     assert r.headers["x-decode-pixels"] == str(500 * 375)
@@ -165,7 +164,7 @@ def test_past_the_in_flight_decode_budget_costly_requests_get_429_and_small_ones
         store, monkeypatch):
     release = threading.Event()
     entered = threading.Event()
-    decode = service.routes.decode_probed_all
+    decode = service.decoding.decode_items
 
     def held_decode(probed, spec):  # a costly decode held in flight without sleeping
         if sum(p.cost for p in probed) > 100_000:
@@ -174,7 +173,7 @@ def test_past_the_in_flight_decode_budget_costly_requests_get_429_and_small_ones
                 raise TimeoutError("never released")
         return decode(probed, spec)
 
-    monkeypatch.setattr(service.routes, "decode_probed_all", held_decode)
+    monkeypatch.setattr(service.decoding, "decode_items", held_decode)
     app = create_app(make_settings(store, **DECODE))
     costly = {"json": {"images": [b64(zero_png(1000, 1000, "L")), b64(zero_png(1000, 1000, "L"))]}}  # 2 MP
 
@@ -330,9 +329,11 @@ def test_an_aborted_upload_is_a_499_and_one_log_line_not_a_500(server):
     assert len([line for line in new.splitlines() if "client aborted" in line]) == 1, new
 
 
-def test_protocol_options_pick_the_guarded_httptools_protocol():
-    opts = protocol_options(1234, 2.5)
+def test_uvicorn_options_pick_the_guarded_httptools_protocol_or_h11_with_its_limit(store):
+    opts = uvicorn_options(make_settings(store, max_header_bytes=1234, header_timeout_s=2.5))
     assert opts["http"].max_header_bytes == 1234 and opts["http"].header_timeout_s == 2.5
+    opts = uvicorn_options(make_settings(store, http="h11", max_header_bytes=1234))
+    assert opts == {"http": "h11", "h11_max_incomplete_event_size": 1234}
 
 
 # --------------------------------------------------------------------------------- a lost registry
@@ -362,7 +363,7 @@ def test_a_reload_against_a_lost_registry_is_bounded_and_a_second_one_answers_40
     async def body(c: httpx.AsyncClient) -> None:
         started = time.perf_counter()
         first = asyncio.create_task(c.post("/admin/reload"))  # looks the alias up in the lost registry
-        while not app.state.store.reloading:
+        while not app.state.wiring.store.reloading:
             await asyncio.sleep(0.01)
         r = await c.post("/admin/reload")
         assert r.status_code == 409 and r.json()["error"]["type"] == "reload_in_progress", r.text
@@ -373,7 +374,7 @@ def test_a_reload_against_a_lost_registry_is_bounded_and_a_second_one_answers_40
         assert r.status_code == 503 and r.json()["error"]["type"] == "reload_timeout", r.text
         assert "version 1" in r.json()["error"]["message"]
         assert time.perf_counter() - started < 15  # its 2 s deadline; before: 246 s
-        while app.state.store.reloading:  # MLflow gives up after its own short timeout, not minutes of retries
+        while app.state.wiring.store.reloading:  # MLflow gives up after its own short timeout, not minutes of retries
             assert time.perf_counter() - started < 30
             await asyncio.sleep(0.05)
         assert (await c.get("/readyz")).json()["model"]["version"] == "1"
@@ -411,7 +412,7 @@ def test_a_reload_in_flight_at_shutdown_answers_503_not_500(store):
     port = free_port()
     app = create_app(make_settings(store, reload_timeout_s=20), loader=loader)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, timeout_graceful_shutdown=1,
-                            **protocol_options(65536, 10))
+                            **uvicorn_options(make_settings(store)))
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()

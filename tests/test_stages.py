@@ -221,3 +221,20 @@ def test_a_fresh_clone_runs_every_stage_and_produces_the_study(tmp_path):
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().endswith("(2, 16)")
+
+
+def test_only_the_projects_user_errors_become_one_line_and_a_bug_keeps_its_traceback(workdir, capsys):
+    from pipeline.config import ConfigError
+    from pipeline.data.errors import DataError
+    from pipeline.errors import StageError, UserError
+
+    def failing(exc: BaseException):
+        def body(params, args):
+            raise exc
+        return body
+
+    for exc in (UserError("x.npz: garbage; rerun prepare"), StageError("s"), ConfigError("c"), DataError("d")):
+        assert stage_main("demo", failing(exc), argv=[]) == 2
+        assert capsys.readouterr().err == f"demo: error: {exc}\n"
+    with pytest.raises(ValueError, match="a bug"):  # numpy's, torch's or ours: a traceback, not one line
+        stage_main("demo", failing(ValueError("a bug")), argv=[])

@@ -8,6 +8,7 @@ folder of its own (its params.yaml, prepared data, checkpoint); the three runs s
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -107,7 +108,10 @@ def test_torchrun_pretrain_resumes_after_sigkill_of_the_group_bit_identically(tm
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    assert (whole / "metrics/pretrain.json").read_text() == (killed / "metrics/pretrain.json").read_text()
+    results = [json.loads((d / "metrics/pretrain.json").read_text()) for d in (whole, killed)]
+    ids = [(d / "models/pretrain/run_id").read_text().strip() for d in (whole, killed)]
+    assert [r.pop("mlflow_run_id") for r in results] == ids  # each metrics file names its own run
+    assert results[0] == results[1]
 
     [run] = client.search_runs([exp.experiment_id])  # one run, resumed, written by rank 0 only
     assert run.info.run_id == before.info.run_id and run.info.status == "FINISHED"

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from pipeline.errors import UserError
+
 # The way out of every bad prepared file: prepare rewrites the whole folder.
 REPREPARE = "rerun the prepare stage (dvc repro -f prepare)"
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A data source or prepared file that cannot be read; the message names the file and the problem in
     one line.
 
-    A ValueError so that stage entry points (``pipeline.cli``) show it as one line and exit 2.
+    A :class:`~pipeline.errors.UserError`, so stage entry points (``pipeline.cli``) show it as one line.
     """
 
 

@@ -1,8 +1,9 @@
 """An image folder: ``root/<class>/<images>`` (sorted sub-folder names are the classes), or
 ``root/train/<class>/...`` + ``root/test/<class>/...`` as an official split.
 
-Any file PIL reads is an image. Images become RGB, or L when every one is greyscale; when sizes differ,
-``image_size`` is required and every image is resized to that square by the shared :func:`fit_image`.
+Files are decoded by :mod:`pipeline.data.decode`, the decoder the service and batch embedding use. Images
+become RGB, or grey when every one is; when sizes differ, ``image_size`` is required and every image is
+resized to that square by the shared :func:`fit_image`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.data.errors import DataError, one_line
+from pipeline.data.decode import FORMATS, DecodeError, decode_image, is_grey, open_image, oriented_size
+from pipeline.data.errors import DataError
 from pipeline.data.format import MANIFEST, Dataset, Split, manifest_for, staged_dir
 from pipeline.data.preprocess import InputSpec, convert_channels, fit_image
 from pipeline.data.shards import ShardedImages, ShardWriter
@@ -27,10 +29,12 @@ from pipeline.io import write_json
 
 log = logging.getLogger(__name__)
 
-GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
-# Decoding errors PIL raises for unreadable, truncated or hostile files.
-_PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 _DECODE_BATCH = 256  # images decoded per round of the thread pool
+
+
+def image_extensions() -> set[str]:
+    """The file extensions (lower case, with the dot) of the formats the decoder reads."""
+    return {ext for ext, fmt in Image.registered_extensions().items() if fmt in FORMATS}
 
 
 @dataclass
@@ -39,6 +43,7 @@ class _Files:
     labels: np.ndarray  # int64, index into the class list
 
     def subset(self, idx: np.ndarray) -> _Files:
+        """The files at ``idx``, in that order."""
         return _Files([self.paths[i] for i in idx], self.labels[idx])
 
 
@@ -94,34 +99,20 @@ def _scan(root: Path, classes: list[str] | None, extensions: set[str]) -> tuple[
 
 
 def _probe(path: Path) -> tuple[tuple[int, int], bool]:
-    """(width, height) and whether the file is greyscale, from the header alone."""
+    """(width, height) as a viewer shows the file, and whether it decodes to grey, from its header."""
     try:
-        with Image.open(path) as im:
-            return im.size, im.mode in GREY_MODES
-    except _PIL_ERRORS as exc:
-        raise DataError(f"{path}: not a readable image ({one_line(exc)})") from exc
-
-
-def _grey8(im: Image.Image) -> np.ndarray:
-    if im.mode == "I" or im.mode.startswith("I;16"):
-        # PIL's own I;16 -> L conversion clips at 255 instead of scaling, which would blow out 16-bit scans.
-        return np.floor(np.asarray(im, dtype=np.float64) / 257.0 + 0.5).clip(0, 255).astype(np.uint8)
-    return np.array(im.convert("L"))
-
-
-def _decode(path: Path) -> np.ndarray:
-    """uint8 (H, W) for greyscale files, (H, W, 3) for the rest."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            # np.array copies: a read-only view of PIL memory would make torch warn inside fit_image
-            return _grey8(im) if im.mode in GREY_MODES else np.array(im.convert("RGB"))
-    except _PIL_ERRORS as exc:
-        raise DataError(f"{path}: corrupt or unreadable image ({one_line(exc)})") from exc
+        opened = open_image(path)
+        with opened.image:
+            return oriented_size(opened.image), is_grey(opened.image.mode)
+    except DecodeError as exc:
+        raise DataError(f"{path}: not a readable image ({exc})") from exc
 
 
 def _decode_fitted(path: Path, shape: tuple[int, int, int], spec: InputSpec | None) -> np.ndarray:
-    raw = _decode(path)
+    try:
+        raw = decode_image(path, spec.image_size if spec is not None else None)
+    except DecodeError as exc:
+        raise DataError(f"{path}: corrupt or unreadable image ({exc})") from exc
     image = fit_image(raw, spec) if spec is not None else convert_channels(raw, shape[2])
     if image.shape != shape:  # a header that lied about the size
         raise DataError(f"{path}: decoded to {image.shape}, expected {shape}")
@@ -167,15 +158,29 @@ class FolderScan:
 
     @property
     def nbytes(self) -> int:
+        """The decoded set's size in bytes."""
         return (len(self.train.paths) + len(self.test.paths)) * int(np.prod(self.shape))
 
 
 def scan_folder(root: str | Path, image_size: int | None, test_fraction: float, seed: int,
                 progress: bool = False) -> FolderScan:
+    """List a folder and read every image's header (nothing is decoded): classes, split, shape.
+
+    Args:
+        root: ``root/<class>/<images>`` or ``root/train|test/<class>/<images>``.
+        image_size: the square side to resize to; None keeps the size, which must then be the same for all
+            (as a viewer shows them: EXIF orientation applied).
+        test_fraction: the held-out share without an official split.
+        seed: fixes that split.
+        progress: show a tqdm bar.
+
+    Raises:
+        DataError: one line naming the file or folder and the problem.
+    """
     root = Path(root).expanduser()
     if image_size is not None and image_size < 1:
         raise DataError(f"{root}: prepare.image_size must be a positive side length, got {image_size}")
-    extensions = set(Image.registered_extensions())
+    extensions = image_extensions()
     top = _class_dirs(root)
     names = [d.name for d in top]
     official = names == ["test", "train"]
@@ -213,7 +218,7 @@ def scan_folder(root: str | Path, image_size: int | None, test_fraction: float, 
         (w, h), = sizes
         shape = (h, w, channels)
 
-    extra = {"split": "official" if official else "stratified", "image_size": image_size, "skipped_files": skipped}
+    extra: dict[str, object] = {"split": "official" if official else "stratified", "image_size": image_size, "skipped_files": skipped}
     if not official:
         extra |= {"test_fraction": test_fraction, "seed": seed}
     return FolderScan(classes, train_files, test_files, shape, image_size, extra)
@@ -250,4 +255,5 @@ def shard_folder(scan: FolderScan, out_dir: str | Path, shard_images: int, worke
 
 def load_folder(root: str | Path, image_size: int | None, test_fraction: float, seed: int,
                 progress: bool = False, workers: int | None = None) -> Dataset:
+    """:func:`scan_folder` then :func:`read_folder`: the whole folder decoded into memory."""
     return read_folder(scan_folder(root, image_size, test_fraction, seed, progress), workers, progress)

@@ -14,6 +14,7 @@ from typing import Any, overload
 import numpy as np
 
 from pipeline.data.errors import REPREPARE, DataError, one_line
+from pipeline.errors import UserError
 
 SHARD_PATTERN = "shard-{:05d}.npy"
 LABELS = "labels.npy"
@@ -97,7 +98,7 @@ class ShardWriter:
             ValueError: Another dtype or image shape.
         """
         if images.dtype != np.uint8 or tuple(images.shape[1:]) != self.image_shape:
-            raise ValueError(f"{self.dir}: expected uint8 (n, {', '.join(map(str, self.image_shape))}) images, "
+            raise UserError(f"{self.dir}: expected uint8 (n, {', '.join(map(str, self.image_shape))}) images, "
                              f"got {images.dtype} {images.shape}")
         while len(images):
             take = min(len(images), self.shard_images - self.filled)
@@ -135,7 +136,7 @@ class ShardWriter:
         self._flush()
         labels = np.asarray(labels, dtype=np.int64)
         if labels.shape != (self.count,):
-            raise ValueError(f"{self.dir}: {labels.shape[0]} labels for {self.count} images")
+            raise UserError(f"{self.dir}: {labels.shape[0]} labels for {self.count} images")
         np.save(self.dir / LABELS, labels)
         return {"count": self.count, "image_shape": list(self.image_shape), "shard_images": self.shard_images,
                 "files": self.files, "labels": {"file": f"{self.split}/{LABELS}", "sha256": array_sha256(labels)},

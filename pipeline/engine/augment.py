@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pipeline.config import AugmentConfig
+from pipeline.errors import UserError
 
 LUMA = (0.299, 0.587, 0.114)
 
@@ -495,7 +496,7 @@ def _check_range(name: str, lo_hi: tuple[float, float], low: float, high: float 
     lo, hi = lo_hi
     if not (low < lo <= hi and (high is None or hi <= high)):
         bound = f"{low} < low <= high" + (f" <= {high}" if high is not None else "")
-        raise ValueError(f"pretrain.augment.{name}: expected {bound}, got {tuple(lo_hi)}")
+        raise UserError(f"pretrain.augment.{name}: expected {bound}, got {tuple(lo_hi)}")
 
 
 class ViewAugmentation:

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
+from pipeline.errors import UserError
 from pipeline.models.encoder import Encoder
 
 
@@ -106,7 +107,7 @@ class DistContext:
         """
         on_gpu = self.device.type == "cuda"
         if wanted and self.enabled and not on_gpu:
-            raise ValueError("pretrain.sync_batchnorm: true needs GPU ranks (torch's SyncBatchNorm has no CPU "
+            raise UserError("pretrain.sync_batchnorm: true needs GPU ranks (torch's SyncBatchNorm has no CPU "
                              "kernel); set it to false or null for CPU (gloo) ranks")
         return self.enabled and (on_gpu if wanted is None else wanted)
 

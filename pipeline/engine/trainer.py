@@ -31,6 +31,7 @@ from pipeline.engine.distributed import DistContext
 from pipeline.engine.feeding import Feeder, epoch_generator, make_feeder
 from pipeline.engine.monitor import Monitor
 from pipeline.engine.optim import build_optimizer, warmup_cosine
+from pipeline.errors import UserError
 from pipeline.methods import Method, build_method
 from pipeline.methods.base import OnlineForward
 from pipeline.models.encoder import Encoder, EncoderSpec
@@ -80,10 +81,10 @@ def check_input(cfg: PretrainConfig, shape: tuple[int, ...]) -> None:
     """
     _, h, w, _ = shape
     if h != w and cfg.image_size is None:
-        raise ValueError(f"images are {h}x{w}: non-square data needs pretrain.image_size")
+        raise UserError(f"images are {h}x{w}: non-square data needs pretrain.image_size")
     low = MIN_INPUT_SIDE[cfg.backbone.name]  # pretrain.image_size itself is checked when params load
     if cfg.image_size is None and h < low:
-        raise ValueError(f"the prepared images are {h}x{w}, below the smallest side the {cfg.backbone.name} "
+        raise UserError(f"the prepared images are {h}x{w}, below the smallest side the {cfg.backbone.name} "
                          f"backbone can take ({low}); set pretrain.image_size to {low} or more to resize them")
 
 
@@ -214,7 +215,7 @@ def _set_up(cfg: PretrainConfig, images: ImageArray, seed: int, epochs: int, dis
     n = images.shape[0]
     batch_size = min(cfg.batch_size, n // dist.world_size)
     if batch_size < 2:
-        raise ValueError(f"{n} training images are too few for SSL batches")
+        raise UserError(f"{n} training images are too few for SSL batches")
     steps_per_epoch = n // (batch_size * dist.world_size)
 
     torch.manual_seed(seed)  # the only use of the global RNG: the initial weights
@@ -344,7 +345,7 @@ class Trainer:
         epoch = self.epochs_done + 1
         metrics = train_one_epoch(self.setup, epoch - 1)
         if not math.isfinite(metrics["loss_total"]):  # a diverged run must not reach evaluation or the registry
-            raise ValueError(f"the loss is {metrics['loss_total']} at epoch {epoch}: training diverged; "
+            raise UserError(f"the loss is {metrics['loss_total']} at epoch {epoch}: training diverged; "
                              f"lower pretrain.optim.lr (vicreg with SGD on digits: 0.05)")
         if self.monitor is not None and self.dist.is_main:
             metrics.update(self.monitor(epoch, self.encoder))

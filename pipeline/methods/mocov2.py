@@ -17,6 +17,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from pipeline.engine.distributed import DistContext, gather
+from pipeline.errors import UserError
 from pipeline.methods.base import Method, full_precision
 from pipeline.methods.momentum import MomentumParams, ema_update_, momentum_copy
 from pipeline.methods.registry import register_method
@@ -78,7 +79,7 @@ class KeyQueue(nn.Module):
         """
         m = new.shape[0]
         if m > self.size:
-            raise ValueError(f"pretrain.ssl.mocov2.queue_size: {self.size} is smaller than one step's {m} keys "
+            raise UserError(f"pretrain.ssl.mocov2.queue_size: {self.size} is smaller than one step's {m} keys "
                              "(2 x batch size x ranks); raise it")
         idx = (self.ptr + torch.arange(m, device=new.device)) % self.size
         self.keys.index_copy_(0, idx, new.to(self.keys.dtype))

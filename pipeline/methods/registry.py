@@ -7,6 +7,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pipeline.config import SSLConfig
+from pipeline.errors import UserError
 
 if TYPE_CHECKING:
     from pipeline.methods.base import Method
@@ -81,5 +82,5 @@ def build_method(cfg: SSLConfig, encoder: Encoder) -> Method[Any]:
     try:
         cls = method_class(cfg.method)
     except ValueError as exc:
-        raise ValueError(f"pretrain.ssl.method: {exc}") from None
+        raise UserError(f"pretrain.ssl.method: {exc}") from None
     return cls(cfg.section(cfg.method), encoder)

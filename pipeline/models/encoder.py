@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from pipeline.data.preprocess import InputSpec
+from pipeline.errors import UserError
 from pipeline.io import atomic_path
 from pipeline.models.backbones import build_backbone
 from pipeline.models.heads import ProjectionHead
@@ -124,16 +125,16 @@ def load_encoder(path: str | Path, map_location: str | torch.device = "cpu") -> 
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except _UNREADABLE as exc:
         why = " ".join(str(exc).split())[:160]
-        raise ValueError(f"{path}: not a readable encoder file, truncated or corrupt ({type(exc).__name__}: "
+        raise UserError(f"{path}: not a readable encoder file, truncated or corrupt ({type(exc).__name__}: "
                          f"{why}); {way_out}") from exc
     if not isinstance(payload, dict) or not {"spec", "state_dict"} <= payload.keys():
-        raise ValueError(f"{path}: not an encoder saved by this pipeline (no spec and state_dict); {way_out}")
+        raise UserError(f"{path}: not an encoder saved by this pipeline (no spec and state_dict); {way_out}")
     try:
         encoder = Encoder(EncoderSpec.from_dict(payload["spec"]))
         encoder.load_state_dict(payload["state_dict"])
     except _UNREADABLE as exc:
         why = " ".join(str(exc).split())[:160]
-        raise ValueError(f"{path}: its spec and weights do not make an encoder ({type(exc).__name__}: {why}); "
+        raise UserError(f"{path}: its spec and weights do not make an encoder ({type(exc).__name__}: {why}); "
                          f"{way_out}") from exc
     encoder.eval()
     extra = payload.get("extra", {})

@@ -18,6 +18,7 @@ from pipeline.config import Params
 from pipeline.data.format import load_dataset, load_manifest
 from pipeline.data.splits import train_val_split
 from pipeline.device import resolve_device
+from pipeline.errors import UserError
 from pipeline.evaluation.metrics import evaluate_encoder
 from pipeline.evaluation.plots import write_plots
 from pipeline.evaluation.report import SSL_WARNING_TAG, ssl_gain_warning, summary
@@ -57,7 +58,7 @@ def run_evaluation(params: Params, model_dir: str | Path, metrics_path: str | Pa
     encoder, extra = load_encoder(model_dir / ENCODER_FILE)
     channels = encoder.spec.input.channels
     if ds.image_shape[-1] != channels:
-        raise ValueError(f"{data_dir}: images have {ds.image_shape[-1]} channels but "
+        raise UserError(f"{data_dir}: images have {ds.image_shape[-1]} channels but "
                          f"{model_dir / ENCODER_FILE} expects {channels}")
     trained_on = extra.get("dataset_sha256")
     if trained_on and trained_on != manifest.get("dataset_sha256"):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pipeline import tracking
 from pipeline.config import Params, PretrainConfig
+from pipeline.errors import UserError
 from pipeline.evaluation.report import summary
 from pipeline.io import read_json, write_json, write_metrics
 from pipeline.methods import METHODS
@@ -40,19 +41,19 @@ def read_best_params(path: str | Path) -> dict:
     try:
         best = read_json(path)
     except ValueError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+        raise UserError(f"{path}: not valid JSON ({exc})") from exc
     if not isinstance(best, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(best).__name__}")
+        raise UserError(f"{path}: expected a JSON object, got {type(best).__name__}")
     lam, form = best.get("lambda"), best.get("form")
     if not isinstance(lam, int | float) or isinstance(lam, bool) or not math.isfinite(lam) or lam < 0:
-        raise ValueError(f"{path}: 'lambda' must be a number >= 0, got {lam!r}")
+        raise UserError(f"{path}: 'lambda' must be a number >= 0, got {lam!r}")
     if form not in FORMS:
-        raise ValueError(f"{path}: 'form' must be one of {', '.join(FORMS)}, got {form!r}")
+        raise UserError(f"{path}: 'form' must be one of {', '.join(FORMS)}, got {form!r}")
     update, method = best.get("update", "gradient"), best.get("method")
     if update not in UPDATES:
-        raise ValueError(f"{path}: 'update' must be one of {', '.join(UPDATES)}, got {update!r}")
+        raise UserError(f"{path}: 'update' must be one of {', '.join(UPDATES)}, got {update!r}")
     if method is not None and method not in METHODS:
-        raise ValueError(f"{path}: 'method' must be one of {', '.join(METHODS)}, got {method!r}")
+        raise UserError(f"{path}: 'method' must be one of {', '.join(METHODS)}, got {method!r}")
     return best
 
 

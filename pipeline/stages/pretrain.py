@@ -131,7 +131,9 @@ def pretrain_and_log(params: Params, cfg: PretrainConfig, out_dir: str | Path, *
         "ssl.method": cfg.ssl.method,
         **(extra_tags or {}),
     }
-    with tracking.start_run(params.tracking, run_id=run_id, run_name=run_name) as run:
+    title = tracking.run_name(run_name, method=cfg.ssl.method, lam=cfg.sparsehead.lam, seed=seed,
+                              form=cfg.sparsehead.form, update=cfg.sparsehead.update)
+    with tracking.start_run(params.tracking, run_id=run_id, run_name=title) as run:
         if run_id is None:
             # Results are bit-identical only at one thread count: it is part of what the run was.
             mlflow.log_params({**flat_params(cfg, "pretrain."), "seed": seed,
@@ -162,7 +164,9 @@ def pretrain_and_log(params: Params, cfg: PretrainConfig, out_dir: str | Path, *
         encoder_path = save_encoder(result.encoder, out_dir / ENCODER_FILE, extra=extra)
         mlflow.log_artifact(str(encoder_path), artifact_path="encoder")
         if metrics_path is not None:
-            write_metrics(metrics_path, {k: round(v, 6) for k, v in result.final.items()})
+            # The run id beside the results: `dvc exp show` and `dvc metrics diff` name each one's run.
+            write_metrics(metrics_path, {**{k: round(v, 6) for k, v in result.final.items()},
+                                         "mlflow_run_id": run.info.run_id})
         tracking.write_run_id(out_dir / tracking.RUN_ID_FILE, run.info.run_id)
         return PretrainOutcome(run.info.run_id, result, encoder_path)
 

@@ -50,7 +50,8 @@ def prepared_dataset(manifest: dict, prepare: PrepareConfig) -> MetaDataset:
     h, w, c = (int(s) for s in manifest["image_shape"])
     schema = Schema([TensorSpec(np.dtype(np.uint8), (-1, h, w, c), "images"),
                      TensorSpec(np.dtype(np.int64), (-1,), "labels")])
-    return MetaDataset(dataset_source(prepare), name=str(manifest["source"]),
+    # MLflow's MetaDataset implements ``profile`` (None) without declaring it to type checkers.
+    return MetaDataset(dataset_source(prepare), name=str(manifest["source"]),  # type: ignore[abstract]
                        digest=str(manifest["dataset_sha256"])[:DIGEST_CHARS], schema=schema)
 
 

@@ -29,12 +29,13 @@ from mlflow.tracking import MlflowClient
 from mlflow.types.schema import Schema, TensorSpec
 
 from pipeline.config import RegisterConfig
+from pipeline.errors import UserError
 from pipeline.models.encoder import ENCODER_FILE, Encoder, load_encoder, save_encoder
 
 log = logging.getLogger(__name__)
 
 METRIC_TAG_PREFIX = "metric."
-OUTCOME_TAG = "registry.outcome"  # "champion" or "lost"
+OUTCOME_TAG = "registry.outcome"  # "champion", "lost", or "held" (it would win, but its tree is dirty)
 
 
 # --------------------------------------------------------------------------------------------- logging
@@ -54,9 +55,10 @@ def encoder_signature(encoder: Encoder) -> ModelSignature:
     )
 
 
-def _plain(obj: object) -> object:
+def _plain(obj: dict) -> dict:
     # MLmodel is YAML: numpy scalars, tuples and paths must become plain JSON types first.
-    return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+    plain: dict = json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+    return plain
 
 
 def log_encoder_model(encoder: Encoder, *, artifact_path: str = "model",
@@ -102,6 +104,8 @@ def log_encoder_model(encoder: Encoder, *, artifact_path: str = "model",
 
 @dataclass
 class RegistrationResult:
+    """What :func:`register_encoder` did: the new version and whether the alias moved to it."""
+
     name: str
     version: str
     promoted: bool
@@ -114,9 +118,9 @@ def _finite(value: object, what: str) -> float:
     try:
         v = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{what}: not a number ({value!r})") from exc
+        raise UserError(f"{what}: not a number ({value!r})") from exc
     if not math.isfinite(v):
-        raise ValueError(f"{what}: not finite ({v})")
+        raise UserError(f"{what}: not finite ({v})")
     return v
 
 
@@ -138,32 +142,46 @@ def _tag_value(mv: ModelVersion, metric: str) -> float | None:
 
 def register_encoder(model_uri: str, cfg: RegisterConfig, metrics: dict[str, float],
                      tags: dict[str, str], *, description: str | None = None,
-                     model_description: str | None = None) -> RegistrationResult:
+                     model_description: str | None = None, may_promote: bool = True) -> RegistrationResult:
     """Register ``model_uri`` as a new version of ``cfg.model_name``; move ``cfg.alias`` only on a win.
-
-    ``description`` goes on the new version, ``model_description`` on the registered model (what the
-    registry UI and ``client.get_registered_model`` show first).
 
     The new version wins when ``metrics[cfg.metric]`` is strictly greater than the value tagged on the
     current alias holder (or when there is no holder, or the holder has no value for this metric, e.g.
     after the selection metric changed). Every version keeps its metrics as ``metric.<name>`` tags and
     an outcome tag, so a losing challenger stays in the registry with its numbers.
+
+    Args:
+        model_uri: The logged model (``models:/m-...`` or ``runs:/<id>/model``).
+        cfg: The register section of the params.
+        metrics: The model's metrics; ``cfg.metric`` among them.
+        tags: The version's tags (what it was trained on, the commit, the DVC experiment).
+        description: The new version's description.
+        model_description: The registered model's description (what the registry UI shows first).
+        may_promote: False: the version is registered, but the alias stays where it is even on a win
+            (outcome ``held``), e.g. for a model from a dirty tree.
+
+    Returns:
+        What was registered and whether the alias moved.
+
+    Raises:
+        ValueError: ``cfg.metric`` is missing from ``metrics`` or not a finite number.
     """
     if cfg.metric not in metrics:
-        raise ValueError(f"register.metric {cfg.metric!r} is not among the metrics given "
+        raise UserError(f"register.metric {cfg.metric!r} is not among the metrics given "
                          f"({', '.join(sorted(metrics)) or 'none'})")
     value = _finite(metrics[cfg.metric], f"metric {cfg.metric}")
     client = MlflowClient()
     champion = _champion(client, cfg.model_name, cfg.alias)
     champion_value = _tag_value(champion, cfg.metric) if champion is not None else None
-    promoted = champion is None or champion_value is None or value > champion_value
+    wins = champion is None or champion_value is None or value > champion_value
+    promoted = wins and may_promote
 
     version_tags = {k: str(v) for k, v in tags.items()}
     for k, v in metrics.items():
         if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)):
             version_tags[METRIC_TAG_PREFIX + k] = repr(float(v))
     version_tags["registry.metric"] = cfg.metric
-    version_tags[OUTCOME_TAG] = "champion" if promoted else "lost"
+    version_tags[OUTCOME_TAG] = "champion" if promoted else "held" if wins else "lost"
     if champion is not None:
         version_tags["registry.compared_to_version"] = str(champion.version)
         if champion_value is not None:
@@ -182,8 +200,9 @@ def register_encoder(model_uri: str, cfg: RegisterConfig, metrics: dict[str, flo
         log.info("%s version %s is the new %s (%s=%s, was %s)", cfg.model_name, mv.version, cfg.alias,
                  cfg.metric, value, champion_value)
     else:
-        log.info("%s version %s registered but not promoted: %s=%s does not beat %s's %s", cfg.model_name,
-                 mv.version, cfg.metric, value, cfg.alias, champion_value)
+        log.info("%s version %s registered but not promoted: %s=%s against %s's %s%s", cfg.model_name,
+                 mv.version, cfg.metric, value, cfg.alias, champion_value,
+                 "" if not wins else " (it wins, but may not move the alias)")
     return RegistrationResult(
         name=cfg.model_name, version=str(mv.version), promoted=promoted,
         champion_version=str(champion.version) if champion is not None else None,
@@ -222,7 +241,7 @@ def resolve_model_uri(uri: str, client: MlflowClient) -> ResolvedModel:
     if uri.startswith("runs:/"):
         run_id = uri[len("runs:/"):].split("/", 1)[0]
         if not run_id:
-            raise ValueError(f"model uri {uri!r}: expected runs:/<run_id>/<path>")
+            raise UserError(f"model uri {uri!r}: expected runs:/<run_id>/<path>")
         return ResolvedModel(uri, run_id=run_id)
     if not uri.startswith("models:/"):
         return ResolvedModel(uri)  # a local directory or another artifact URI MLflow understands
@@ -235,12 +254,12 @@ def resolve_model_uri(uri: str, client: MlflowClient) -> ResolvedModel:
         if ref == "latest":
             versions = client.search_model_versions(f"name='{name}'")
             if not versions:
-                raise ValueError(f"model uri {uri!r}: no versions of {name!r} are registered")
+                raise UserError(f"model uri {uri!r}: no versions of {name!r} are registered")
             mv = max(versions, key=lambda v: int(v.version))
         elif ref.isdigit():
             mv = client.get_model_version(name, ref)
         else:
-            raise ValueError(f"model uri {uri!r}: expected models:/<name>/<version>, /latest or @<alias>")
+            raise UserError(f"model uri {uri!r}: expected models:/<name>/<version>, /latest or @<alias>")
         alias = None
     else:  # models:/<logged model id> (MLflow 3)
         logged = client.get_logged_model(rest)
@@ -257,21 +276,21 @@ def load_registered(uri: str) -> LoadedModel:
     try:
         res = resolve_model_uri(uri, client)
     except MlflowException as exc:
-        raise ValueError(f"model uri {uri!r}: {exc.message}") from exc
+        raise UserError(f"model uri {uri!r}: {exc.message}") from exc
     with tempfile.TemporaryDirectory(prefix="model-") as tmp:
         try:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=res.download_uri, dst_path=tmp))
         except MlflowException as exc:
-            raise ValueError(f"model uri {uri!r}: cannot download it ({exc.message})") from exc
+            raise UserError(f"model uri {uri!r}: cannot download it ({exc.message})") from exc
         mlmodel = local / "MLmodel"
         if not mlmodel.exists():
-            raise ValueError(f"model uri {uri!r}: no MLmodel file (not an MLflow model)")
+            raise UserError(f"model uri {uri!r}: no MLmodel file (not an MLflow model)")
         conf = yaml.safe_load(mlmodel.read_text()) or {}
         extra = (conf.get("flavors", {}).get("pytorch", {}) or {}).get("extra_files") or []
         paths = [local / e["path"] for e in extra if Path(e["path"]).name == ENCODER_FILE]
         if not paths or not paths[0].exists():
-            raise ValueError(f"model uri {uri!r}: no {ENCODER_FILE} in the model's extra files "
-                             "(log it with pipeline.registry.log_encoder_model)")
+            raise UserError(f"model uri {uri!r}: no {ENCODER_FILE} in the model's extra files "
+                             "(log it with pipeline.tracking.registry.log_encoder_model)")
         encoder, _ = load_encoder(paths[0], map_location="cpu")
     return LoadedModel(encoder=encoder.eval(), name=res.name, version=res.version, alias=res.alias,
                        run_id=res.run_id, uri=uri, tags=res.tags, metadata=conf.get("metadata") or {})

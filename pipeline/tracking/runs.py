@@ -1,9 +1,9 @@
 """MLflow set-up and the hand-off of runs between stages.
 
-The embedded default is ``sqlite:///mlflow.db`` with artifacts under ``mlartifacts/``;
-``MLFLOW_TRACKING_URI`` points every stage at a tracking server instead. A stage that starts a run
-writes its id to a small file; later stages read it and log into the same run, so one MLflow run holds
-the whole story of a model.
+The embedded default is ``sqlite:///mlflow.db`` with artifacts under ``mlartifacts/``, both in the
+project's root wherever DVC runs the stage; ``MLFLOW_TRACKING_URI`` points every stage at a tracking
+server instead. A stage that starts a run writes its id to a small file; later stages read it and log
+into the same run, so one MLflow run holds the whole story of a model.
 """
 
 from __future__ import annotations
@@ -12,18 +12,20 @@ import contextlib
 import logging
 import os
 import socket
-import subprocess
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
-import yaml
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import TrackingConfig
+from pipeline.errors import UserError
 from pipeline.io import write_text
-from pipeline.tracking.location import creation_location, make_portable
+from pipeline.stores import project_location
+from pipeline.tracking.lineage import lineage_tags
+from pipeline.tracking.location import artifact_location, repoint
+from pipeline.tracking.sqlite import opening
 
 log = logging.getLogger(__name__)
 
@@ -34,31 +36,42 @@ HOST_TAG, PID_TAG = "host", "pid"
 
 
 def tracking_uri(cfg: TrackingConfig) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
-
-
-def _is_local(uri: str) -> bool:
-    return uri.startswith(("sqlite:", "file:")) or "://" not in uri
+    """The tracking (and registry) URI: ``MLFLOW_TRACKING_URI`` or ``tracking.tracking_uri``, a relative
+    local store anchored at the project's root (:func:`pipeline.stores.project_location`)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
+    return uri if uri.startswith("databricks") else project_location(uri)
 
 
 def setup(cfg: TrackingConfig, experiment: str | None = None) -> str:
-    """Point MLflow at the configured store and return the experiment's id, creating it if needed."""
+    """Point MLflow at the configured store and return the experiment's id, creating it if needed.
+
+    Args:
+        cfg: The tracking section of the params.
+        experiment: The experiment's name (default: ``tracking.experiment``).
+
+    Returns:
+        The experiment's id.
+
+    Raises:
+        mlflow.exceptions.MlflowException: The store cannot be used or the experiment cannot be created.
+    """
     uri = tracking_uri(cfg)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     name = experiment or cfg.experiment
     bound_http_retries(cfg.http_retries, cfg.http_timeout_s)
-    client = MlflowClient()
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        # A server decides its own artifact store; a local store's follows the project (see .location).
-        # MlflowException: another worker created it between our lookup and our create.
-        with contextlib.suppress(mlflow.exceptions.MlflowException):
-            client.create_experiment(name, artifact_location=creation_location(cfg, uri))
+    with opening(uri):  # another process may be creating the same new store: see .sqlite
+        client = MlflowClient()  # opens the store: MLflow creates or migrates its tables here
         exp = client.get_experiment_by_name(name)
         if exp is None:
-            raise mlflow.exceptions.MlflowException(f"experiment {name!r}: could not create it in {uri}")
-    make_portable(uri, exp, cfg)
+            # A server decides its own artifact store; a local store's is the project's (see .location).
+            # MlflowException: another worker created it between our lookup and our create.
+            with contextlib.suppress(mlflow.exceptions.MlflowException):
+                client.create_experiment(name, artifact_location=artifact_location(cfg, uri))
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise mlflow.exceptions.MlflowException(f"experiment {name!r}: could not create it in {uri}")
+        repoint(uri, exp, cfg)
     return exp.experiment_id
 
 
@@ -73,43 +86,6 @@ def bound_http_retries(retries: int, timeout_s: float, env: MutableMapping[str, 
     env.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout_s))
 
 
-def dvc_outputs(root: str | Path = ".") -> list[str]:
-    """What ``dvc repro`` itself writes, relative to ``root``: dvc.lock and every stage's outs, metrics
-    and plots in ``root/dvc.yaml`` (templated paths, ``${...}``, are skipped)."""
-    try:
-        doc = yaml.safe_load((Path(root) / "dvc.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return []
-    paths = ["dvc.lock"]
-    stages = doc.get("stages") if isinstance(doc, dict) else None
-    for stage in (stages or {}).values():
-        if not isinstance(stage, dict):
-            continue
-        for key in ("outs", "metrics", "plots"):
-            for entry in stage.get(key) or []:
-                path = next(iter(entry), None) if isinstance(entry, dict) else entry
-                if isinstance(path, str) and "${" not in path:
-                    paths.append(path)
-    return paths
-
-
-def git_commit(cwd: str | Path = ".") -> str:
-    """HEAD's sha, with ``-dirty`` when tracked files differ from it.
-
-    DVC deletes a stage's git-tracked outputs (metrics, plots, best_params.json) before running it and
-    rewrites dvc.lock after, so those changes are DVC's own, not the code's: they do not count.
-    """
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True)
-        commit = out.stdout.strip()
-        ignored = [f":(exclude){p}" for p in dvc_outputs(cwd)]
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *ignored],
-                               cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
-        return commit + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def write_run_id(path: str | Path, run_id: str) -> None:
     write_text(path, run_id + "\n")
 
@@ -120,7 +96,7 @@ def read_run_id(path: str | Path) -> str:
         raise FileNotFoundError(f"{path}: run id file not found (run the stage that trains this model first)")
     run_id = path.read_text().strip()
     if not run_id:
-        raise ValueError(f"{path}: run id file is empty")
+        raise UserError(f"{path}: run id file is empty")
     return run_id
 
 
@@ -135,8 +111,10 @@ def start_run(cfg: TrackingConfig, *, run_id: str | None = None, run_name: str |
     """
     exp_id = setup(cfg, experiment)
     kwargs = {"run_id": run_id} if run_id else {"experiment_id": exp_id, "run_name": run_name}
+    # A new run says which DVC experiment it belongs to; a resumed one keeps what it was created with.
     # The process holding the run open: see close_orphaned_runs.
-    tags = {**(tags or {}), HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+    tags = {**({} if run_id else lineage_tags()), **(tags or {}), HOST_TAG: socket.gethostname(),
+            PID_TAG: str(os.getpid())}
     with mlflow.start_run(nested=nested, tags=tags, log_system_metrics=cfg.system_metrics or None,
                           **kwargs) as run:
         yield run

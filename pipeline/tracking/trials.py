@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import mlflow
 import optuna
@@ -50,7 +51,7 @@ def ensure_parent_run(study: optuna.Study, params: Params, storage: str, dataset
         return str(run_id)
     run = client.create_run(exp_id, run_name=f"tune {study.study_name}", tags={
         "stage": "tune", STUDY_TAG: study.study_name, "optuna.storage": storage,
-        "git_commit": tracking.git_commit(), "dataset_sha256": dataset_sha256,
+        "git_commit": tracking.git_commit(), "dataset_sha256": dataset_sha256, **tracking.lineage_tags(),
     })
     pid = run.info.run_id
     logged = {**flat_params(params.tune, "tune."), **flat_params(params.pretrain, "pretrain."),
@@ -83,7 +84,8 @@ def trial_run(study_name: str, trial: optuna.Trial, tags: dict[str, str] | None 
     run = mlflow.start_run(run_name=f"trial {trial.number:03d}", nested=True,
                            experiment_id=parent.info.experiment_id,
                            tags={STUDY_TAG: study_name, TRIAL_TAG: str(trial.number), STATE_TAG: "RUNNING",
-                                 **(tags or {})}, log_system_metrics=system_metrics or None)
+                                 **tracking.lineage_tags(), **(tags or {})},
+                           log_system_metrics=system_metrics or None)
     trial.set_user_attr(RUN_ATTR, run.info.run_id)
     try:
         yield run
@@ -112,3 +114,22 @@ def mark_failed(run_id: str | None, reason: str) -> None:
         client.set_tag(run_id, STATE_TAG, "FAIL")
         client.set_tag(run_id, "error", reason)
         client.set_terminated(run_id, RUN_STATUS["FAIL"])
+
+
+def log_study_report(params: Params, run_id: str, metrics: dict[str, float], tags: dict[str, str],
+                     files: list[Path], artifact_dir: str = "tune") -> None:
+    """Log a study's report into its parent run: metrics, tags, and each file under ``artifact_dir``.
+
+    Args:
+        params: The pipeline's parameters (where MLflow is).
+        run_id: The study's parent run.
+        metrics: ``metrics/tune.json`` and the worker's timing.
+        tags: The choice and its reason (a value is cut to MLflow's 5000 characters).
+        files: The report's files.
+        artifact_dir: Their folder in the run.
+    """
+    with tracking.start_run(params.tracking, run_id=run_id):
+        tracking.log_metrics(metrics)
+        mlflow.set_tags({k: v[:5000] for k, v in tags.items()})
+        for path in files:
+            mlflow.log_artifact(str(path), artifact_path=artifact_dir)

@@ -1,15 +1,7 @@
-"""One trial: pretrain its configuration once per seed of ``tune.seeds``, then score each on validation.
-
-SSL trains on the prepared training split minus a validation split carved with
-``train_val_split(train, evaluate.val_fraction, seed)``, so it never sees the validation images, and
-selection never looks at the test split. The seeds train in lockstep (one :class:`Trainer` per seed, each
-advanced by one epoch in turn): every ``tune.eval_every`` epochs (and at the last one) each seed's kNN validation
-accuracy is measured and their *mean* is reported to Optuna, which may prune the trial there. The trial's
-value is the mean over seeds of :func:`pipeline.evaluation.validation_report`'s ``tune.objective``; each
-seed's value, the sd, and the mean RankMe of z and head sparsity are kept as the trial's user attributes
-(and in its nested MLflow run), so the report can pair every trial with its method's baseline seed by seed.
-
-Baselines are never pruned: the study's answer compares the best trial with them.
+"""One trial: pretrain its configuration once per seed of ``tune.seeds`` (one :class:`Trainer` a seed, in
+lockstep), score each on the validation split (never test), report the mean to the pruner every
+``tune.eval_every`` epochs, and return the mean over seeds. Each seed's value is kept on the trial, so the
+report can pair it with its baseline.
 """
 
 from __future__ import annotations
@@ -29,10 +21,12 @@ from pipeline.data.splits import train_val_split
 from pipeline.device import resolve_device
 from pipeline.engine.monitor import Monitor
 from pipeline.engine.trainer import Trainer
+from pipeline.errors import UserError
 from pipeline.evaluation import knn_score, validation_report
 from pipeline.tracking.datasets import log_dataset_input
 from pipeline.tracking.trials import trial_run
 from pipeline.tuning.space import SearchSpace, TrialChoice, suggest, trial_pretrain_config
+from pipeline.tuning.storage import retry_transient
 from pipeline.tuning.study import WORKER_ATTR, worker_id
 
 VAL_KNN = "val_knn"
@@ -44,19 +38,34 @@ SUMMARY_ATTRS = ("rankme_z", "rankme", "head_sparsity", "head_exact_zero_frac")
 
 @dataclass
 class TuneData:
-    fit: Split  # what SSL and the kNN/probe memory see
-    val: Split  # what the trials are scored on
+    """What every trial trains and is scored on, loaded once per worker.
+
+    Attributes:
+        fit: What SSL and the kNN/probe memory see: the training split minus validation.
+        val: What the trials are scored on.
+        num_classes: Classes of the data set.
+        manifest: The prepared data's manifest.
+        device: Where the trials train.
+    """
+
+    fit: Split
+    val: Split
     num_classes: int
     manifest: dict
     device: torch.device
 
     @classmethod
     def load(cls, params: Params) -> TuneData:
+        """The prepared data split as ``evaluate.val_fraction`` and ``seed`` say.
+
+        Raises:
+            UserError: The split leaves no validation image.
+        """
         data_dir = params.prepare.out_dir
         manifest = load_manifest(data_dir)
         fit, val = train_val_split(load_split(data_dir, "train", manifest), params.evaluate.val_fraction, params.seed)
         if len(val) == 0:
-            raise ValueError(f"evaluate.val_fraction {params.evaluate.val_fraction} leaves no validation "
+            raise UserError(f"evaluate.val_fraction {params.evaluate.val_fraction} leaves no validation "
                              f"images in {data_dir}")
         num_classes = int(manifest.get("num_classes") or len(manifest["classes"]))
         return cls(fit, val, num_classes, manifest, resolve_device(params.pretrain.device))
@@ -68,14 +77,25 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
 
 
 class Objective:
-    """The callable handed to Optuna: one trial in, its mean validation score over seeds out (or TrialPruned)."""
+    """The callable handed to Optuna: one trial in, its mean validation score over seeds out.
+
+    Baselines are never pruned: the study's answer compares the best trial with them.
+
+    Args:
+        params: The pipeline's parameters.
+        data: The split every trial trains and is scored on.
+        space: What a trial draws.
+        study_name: For the trial's MLflow run.
+    """
 
     def __init__(self, params: Params, data: TuneData, space: SearchSpace, study_name: str) -> None:
         self.params, self.data, self.space, self.study_name = params, data, space, study_name
 
     def __call__(self, trial: optuna.Trial) -> float:
+        """Train and score ``trial``; raises ``optuna.TrialPruned`` when the pruner stops it."""
         trial.set_user_attr(WORKER_ATTR, worker_id())
-        choice = suggest(trial, self.space)
+        # The sampler reads the study through Optuna's trial cache, outside the storage's retried calls.
+        choice = retry_transient(lambda: suggest(trial, self.space), "suggest", self.params.tune.storage_retry_s)
         with trial_run(self.study_name, trial, tags={"baseline": str(choice.baseline).lower(),
                                                      "method": choice.method},
                        system_metrics=self.params.tracking.system_metrics):
@@ -108,7 +128,8 @@ class Objective:
                                  step=epoch)
             trial.report(score, epoch)
             # Pruning after the last epoch would save nothing; baselines are the reference, never pruned.
-            if not choice.baseline and epoch != t.epochs and trial.should_prune():
+            if not choice.baseline and epoch != t.epochs and retry_transient(
+                    trial.should_prune, "should_prune", t.storage_retry_s):
                 raise optuna.TrialPruned(f"mean {VAL_KNN} {score:.4f} at epoch {epoch}")
         values = {s: rep[t.objective] for s, rep in reports.items()}
         bad = [s for s, v in values.items() if not math.isfinite(v)]

@@ -1,33 +1,22 @@
-"""The search space, the baseline trials, and the study's name.
+"""The search space, the lambda = 0 baseline trials, and the study's name.
 
-Lambda is searched log-uniformly in ``[tune.lambda_low, tune.lambda_high]``; the SparseHead form, its
-update rule and the SSL method are categoricals over ``tune.forms``, ``tune.updates`` and
-``tune.methods`` when more than one is given.
-
-A baseline, lambda = 0 (the SSL method without SparseHead), lies outside any log-uniform range, so it is
-not a value of the ``lambda`` parameter: it is a trial enqueued with the user attributes
-``baseline=True`` and ``method_used=<method>`` that suggests no parameter at all; each searched method
-has its own. The samplers never see a 0 they would have to take the log of (they model ``lambda`` only
-from the trials that have it), and every trial, baseline or not, records what it really trained with as
-the user attributes ``lambda_used``, ``form_used``, ``update_used`` and ``method_used``. Tables and plots
-read those, so a baseline shows at lambda 0.
-
-A study's name is ``tune.study_name`` plus a short hash of everything that decides what a trial's
-value means: the search space, the per-trial budget and objective, the rest of the pretraining
-config, the validation settings, the seed and the data set. Rerunning the stage (with more trials,
-say) continues the same study; changing any of those starts a study of a new name, so values that
-are not comparable never end up in one study.
+A baseline lies outside the log-uniform range of ``lambda``, so it is an enqueued trial that suggests
+nothing; every trial records what it trained with (``lambda_used``, ``form_used``, ...), which the report
+reads. The README ("Tuning lambda") says how the study's name follows what a trial's value depends on.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import optuna
 
 from pipeline.config import Params, PretrainConfig, SparseHeadConfig
+from pipeline.errors import UserError
 
 LAMBDA = "lambda"
 FORM = "form"
@@ -40,16 +29,19 @@ UPDATE_ATTR = "update_used"
 METHOD_ATTR = "method_used"
 
 
-def _distinct(name: str, values: list[str], what: str) -> tuple[str, ...]:
+def _distinct(name: str, values: Sequence[str], what: str) -> tuple[str, ...]:
     if not values:
-        raise ValueError(f"tune.{name} is empty: list at least one {what}")
+        raise UserError(f"tune.{name} is empty: list at least one {what}")
     if len(set(values)) != len(values):
-        raise ValueError(f"tune.{name} lists a value twice: {values}")
+        raise UserError(f"tune.{name} lists a value twice: {values}")
     return tuple(values)
 
 
 @dataclass(frozen=True)
 class SearchSpace:
+    """What a trial draws: lambda log-uniform in ``[lambda_low, lambda_high]``; the form, update rule and
+    SSL method categorical when more than one is listed (``tune.forms``, ``tune.updates``, ``tune.methods``)."""
+
     lambda_low: float
     lambda_high: float
     forms: tuple[str, ...]
@@ -58,16 +50,21 @@ class SearchSpace:
 
     @classmethod
     def from_params(cls, params: Params) -> SearchSpace:
+        """The ``tune`` section's space (its method list defaults to ``pretrain.ssl.method``).
+
+        Raises:
+            UserError: An empty or inverted range, an empty list, a value listed twice, an unknown method.
+        """
         cfg = params.tune
         if not cfg.lambda_low < cfg.lambda_high:
-            raise ValueError(f"tune.lambda_low ({cfg.lambda_low}) must be below tune.lambda_high "
+            raise UserError(f"tune.lambda_low ({cfg.lambda_low}) must be below tune.lambda_high "
                              f"({cfg.lambda_high})")
         methods = cfg.methods if cfg.methods is not None else [params.pretrain.ssl.method]
         from pipeline.methods import METHODS  # deferred: the methods import torch models
 
         unknown = [m for m in methods if m not in METHODS]
         if unknown:
-            raise ValueError(f"tune.methods: unknown method {unknown[0]!r}; choose among {', '.join(METHODS)}")
+            raise UserError(f"tune.methods: unknown method {unknown[0]!r}; choose among {', '.join(METHODS)}")
         return cls(float(cfg.lambda_low), float(cfg.lambda_high), _distinct("forms", cfg.forms, "SparseHead form"),
                    _distinct("updates", cfg.updates, "update rule"), _distinct("methods", methods, "SSL method"))
 
@@ -81,12 +78,15 @@ class SearchSpace:
         return out
 
     def to_dict(self) -> dict:
+        """The space as plain values, for the study's identity."""
         return {"lambda": [self.lambda_low, self.lambda_high], "log": True, "forms": list(self.forms),
                 "updates": list(self.updates), "methods": list(self.methods)}
 
 
 @dataclass(frozen=True)
 class TrialChoice:
+    """What one trial trains: lambda (0 for a baseline), SparseHead form and update rule, SSL method."""
+
     lam: float
     form: str
     baseline: bool
@@ -95,6 +95,7 @@ class TrialChoice:
 
 
 def is_baseline(trial: optuna.trial.BaseTrial | optuna.trial.FrozenTrial) -> bool:
+    """Whether ``trial`` is a lambda = 0 baseline."""
     return bool(trial.user_attrs.get(BASELINE_ATTR, False))
 
 
@@ -119,14 +120,18 @@ def suggest(trial: optuna.Trial, space: SearchSpace) -> TrialChoice:
 
 
 def trial_method(trial: optuna.trial.BaseTrial | optuna.trial.FrozenTrial) -> str | None:
+    """The SSL method ``trial`` trained (None for a trial of a study older than method search)."""
     return trial.user_attrs.get(METHOD_ATTR)
 
 
 def enqueue_baselines(study: optuna.Study, space: SearchSpace) -> list[str]:
-    """Enqueue a lambda = 0 trial for every method that has none that is not failed; returns those methods.
+    """Enqueue a lambda = 0 trial for every method without one that is not failed.
 
-    Call under the study's :class:`~pipeline.tuning.storage.BudgetLock`, so that two workers starting
+    Call it under the study's :class:`~pipeline.tuning.budget.BudgetLock`, so that two workers starting
     together enqueue each once. A failed baseline is enqueued again, so a rerun repairs it.
+
+    Returns:
+        The methods whose baseline was enqueued.
     """
     alive = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
              optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
@@ -140,15 +145,15 @@ def enqueue_baselines(study: optuna.Study, space: SearchSpace) -> list[str]:
 def trial_pretrain_config(base: PretrainConfig, choice: TrialChoice, epochs: int) -> PretrainConfig:
     """``base`` with this trial's SparseHead, method and the tuning budget, validated like params.yaml."""
     d = base.model_dump(by_alias=True)
-    d["sparsehead"] = {**d["sparsehead"], **SparseHeadConfig(
-        form=choice.form, lam=choice.lam, update=choice.update).model_dump(by_alias=True, exclude={"include_predictor"})}
+    sparsehead = SparseHeadConfig.model_validate({"form": choice.form, "lambda": choice.lam, "update": choice.update})
+    d["sparsehead"] = {**d["sparsehead"], **sparsehead.model_dump(by_alias=True, exclude={"include_predictor"})}
     d["ssl"] = {**d["ssl"], "method": choice.method}
     d["epochs"] = epochs
     return PretrainConfig.model_validate(d)
 
 
 def study_identity(params: Params, dataset_sha256: str) -> dict:
-    """What a trial's value depends on besides its own lambda and form (see the module docstring)."""
+    """What a trial's value depends on besides what it draws."""
     t, ev = params.tune, params.evaluate
     # The searched fields, the full-run budget and where/how it runs do not change a trial's value.
     pretrain = params.pretrain.model_dump(
@@ -157,7 +162,7 @@ def study_identity(params: Params, dataset_sha256: str) -> dict:
     pretrain["sparsehead"] = {"include_predictor": params.pretrain.sparsehead.include_predictor}
     if t.methods is not None:
         pretrain["ssl"] = {k: v for k, v in pretrain["ssl"].items() if k != "method"}
-    evaluate = {"val_fraction": ev.val_fraction, "knn_k": min(ev.knn_k), "knn_temperature": ev.knn_temperature}
+    evaluate: dict[str, Any] = {"val_fraction": ev.val_fraction, "knn_k": min(ev.knn_k), "knn_temperature": ev.knn_temperature}
     if t.objective == "linear":
         evaluate["probe"] = ev.probe.model_dump()
     return {
@@ -173,12 +178,12 @@ def study_identity(params: Params, dataset_sha256: str) -> dict:
 
 
 def identity_hash(identity: dict) -> str:
+    """Eight hex digits of the identity's SHA-256."""
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def study_name(params: Params, dataset_sha256: str) -> str:
+    """``tune.study_name`` and the hash of :func:`study_identity`: a rerun continues its study; a changed
+    space, budget, objective, pretraining config, validation or data starts a new one."""
     return f"{params.tune.study_name}-{identity_hash(study_identity(params, dataset_sha256))}"
 
-
-def choice_dict(choice: TrialChoice) -> dict:
-    return asdict(choice)

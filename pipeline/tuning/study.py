@@ -1,4 +1,4 @@
-"""The Optuna study: sampler, pruner, creating or continuing it, and counting its trial budget.
+"""The Optuna study: its sampler and pruner, creating or continuing it, and counting its trial budget.
 
 The budget ``tune.n_trials`` counts the trials that are complete, pruned, running or waiting; failed
 trials do not count, so a rerun redoes a trial that crashed or was interrupted.
@@ -15,22 +15,22 @@ import optuna
 from optuna.trial import TrialState
 
 from pipeline.config import TuneConfig
-from pipeline.tracking.runs import pid_alive
 
-# Trials in these states use up the budget; a failed one is retried by the next worker that runs.
+# Trials in these states use up the budget; a failed one is redone by the next worker that runs.
 BUDGET_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
-WORKER_ATTR = "worker"  # "<host>:<pid>" of the process running the trial
+WORKER_ATTR = "worker"  # trial user attribute: "<host>:<pid>" of the process running it
 
 
 def trial_seed(seed: int, number: int) -> int:
-    """The sampler seed for the trial of this number: fixed by (seed, number), whichever worker runs it.
+    """The sampler seed for trial ``number``: fixed by ``(seed, number)``, whichever worker runs it.
 
-    One seed per process would make two workers draw the same random lambdas.
+    One seed per process would make two workers draw the same lambdas.
     """
     return (seed * 1_000_003 + number) % 2**31
 
 
 def build_sampler(cfg: TuneConfig, seed: int) -> optuna.samplers.BaseSampler:
+    """``tune.sampler`` seeded with ``seed``: TPE after a few random trials, or random search."""
     if cfg.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     with warnings.catch_warnings():
@@ -41,7 +41,7 @@ def build_sampler(cfg: TuneConfig, seed: int) -> optuna.samplers.BaseSampler:
 
 
 def build_pruner(cfg: TuneConfig) -> optuna.pruners.BasePruner:
-    """Steps are epochs; reports arrive every ``tune.eval_every`` epochs."""
+    """``tune.pruner``; its steps are epochs, reported every ``tune.eval_every`` epochs."""
     if cfg.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=cfg.pruner_startup_trials,
                                            n_warmup_steps=cfg.pruner_warmup_steps)
@@ -53,7 +53,14 @@ def build_pruner(cfg: TuneConfig) -> optuna.pruners.BasePruner:
 
 def open_study(name: str, storage: optuna.storages.BaseStorage, cfg: TuneConfig,
                pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
-    """Create the study, or load it when it exists (another worker or an earlier run made it)."""
+    """Create the study, or load it when another worker or an earlier run made it.
+
+    Args:
+        name: The study's name (:func:`pipeline.tuning.space.study_name`).
+        storage: Where it lives.
+        cfg: The ``tune`` section (sampler, pruner, seed).
+        pruner: Replaces the one ``tune.pruner`` names.
+    """
     return optuna.create_study(study_name=name, storage=storage, direction="maximize",
                                sampler=build_sampler(cfg, trial_seed(cfg.seed, 0)),
                                pruner=pruner or build_pruner(cfg), load_if_exists=True)
@@ -61,6 +68,8 @@ def open_study(name: str, storage: optuna.storages.BaseStorage, cfg: TuneConfig,
 
 @dataclass(frozen=True)
 class Counts:
+    """A study's trials by state."""
+
     complete: int = 0
     pruned: int = 0
     failed: int = 0
@@ -82,29 +91,14 @@ class Counts:
 
 
 def count_trials(study: optuna.Study) -> Counts:
-    trials = study.get_trials(deepcopy=False)
+    """The study's trials by state, read from the storage now."""
     n = {s: 0 for s in TrialState}
-    for t in trials:
+    for t in study.get_trials(deepcopy=False):
         n[t.state] += 1
     return Counts(n[TrialState.COMPLETE], n[TrialState.PRUNED], n[TrialState.FAIL], n[TrialState.RUNNING],
                   n[TrialState.WAITING])
 
 
 def worker_id() -> str:
+    """``<host>:<pid>`` of this process, recorded on the trials it runs."""
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def orphaned_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Running trials whose worker process on this host is gone (killed, out of memory, power cut).
-
-    Without this they would hold their budget slot for ever; the caller fails them so a rerun redoes
-    them. Trials of other hosts are left alone: their liveness cannot be seen from here.
-    """
-    host = socket.gethostname()
-    out = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        who = str(t.user_attrs.get(WORKER_ATTR, ""))
-        w_host, _, pid = who.rpartition(":")
-        if w_host == host and pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
-            out.append(t)
-    return out

@@ -1,9 +1,11 @@
-"""uvicorn's httptools protocol with the limits it lacks: header size, header time, unread bodies.
+"""The HTTP server: uvicorn's options for the service, and the connection limits uvicorn lacks.
 
-uvicorn's httptools protocol (the default with ``uvicorn[standard]``) has no limit on a request's header
-block: a 100 MB header is buffered (httptools grows its buffer by concatenation, which stalls the event
-loop for seconds) and then served. It also has no time limit on receiving a request: half a header, or a
-body that stops short of its Content-Length, holds the connection for ever. :class:`GuardedHttpToolsProtocol`
+Neither of uvicorn's protocols bounds the time to receive a request's headers (half a header, or a body
+that stops short of its Content-Length, holds a connection for ever), and its httptools protocol (the
+faster one, the default with ``uvicorn[standard]``) has no header size limit at all: a 100 MB header is
+buffered (httptools grows its buffer by concatenation, which stalls the event loop for seconds) and
+served. h11's public ``max_incomplete_event_size`` bounds the header size only (README "The embedding
+service" has the measurement). So by default (``SERVE_HTTP=guarded``) :class:`GuardedHttpToolsProtocol`
 adds, per connection:
 
 - ``max_header_bytes``: the request line and headers together; past it, 431 and the connection closes;
@@ -13,8 +15,8 @@ adds, per connection:
   connection closes (a body the app does read is bounded by the app: ``body_timeout_s``, 408).
 
 Refusals are written here, before the app sees the request, as the service's JSON error shape, and logged
-in one line. :func:`protocol_options` picks this class when httptools is installed, and h11 with its own
-header size limit otherwise.
+in one line. :func:`uvicorn_options` picks this class (or, with ``SERVE_HTTP=h11``, uvicorn's h11 protocol
+with its public header size limit alone).
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ import json
 import logging
 from typing import Any
 
+from service.errors import ApiError
+from service.settings import Settings
+
 log = logging.getLogger(__name__)
 
 try:
@@ -34,7 +39,8 @@ except ImportError:  # pragma: no cover - uvicorn without httptools: h11 below
 
 
 def error_bytes(status: int, message: str, type: str) -> bytes:
-    body = json.dumps({"error": {"message": message, "type": type, "code": status}}).encode()
+    """A whole HTTP/1.1 answer in the service's error shape, closing the connection."""
+    body = json.dumps(ApiError(status, type, message).body()).encode()
     head = (f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
             f"content-length: {len(body)}\r\nconnection: close\r\n\r\n")
     return head.encode("latin-1") + body
@@ -42,7 +48,10 @@ def error_bytes(status: int, message: str, type: str) -> bytes:
 
 if HttpToolsProtocol is not None:
 
-    class GuardedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc,valid-type]
+    class GuardedHttpToolsProtocol(HttpToolsProtocol):
+        """uvicorn's httptools protocol with a header size limit, a header time limit and a time limit on
+        unread bodies (see the module's docstring)."""
+
         max_header_bytes = 65_536
         header_timeout_s = 10.0
 
@@ -131,12 +140,20 @@ if HttpToolsProtocol is not None:
                 self._arm(self._unread_body_too_slow)
 
 
-def protocol_options(max_header_bytes: int, header_timeout_s: float) -> dict[str, Any]:
-    """uvicorn.run keyword arguments that enforce the header limits."""
-    if HttpToolsProtocol is None:  # pragma: no cover
-        log.warning("httptools is not installed: h11 limits headers to %d bytes, with no header timeout",
-                    max_header_bytes)
-        return {"http": "h11", "h11_max_incomplete_event_size": max_header_bytes}
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """``uvicorn.run`` keyword arguments that apply the connection settings.
+
+    Args:
+        settings: ``http``, ``max_header_bytes`` and ``header_timeout_s`` are read.
+
+    Returns:
+        ``http`` (the protocol class or name) and, for h11, its header size limit.
+    """
+    if settings.http == "h11" or HttpToolsProtocol is None:
+        if settings.http != "h11":  # pragma: no cover - uvicorn without httptools
+            log.warning("httptools is not installed: h11 limits headers to %d bytes, with no header timeout",
+                        settings.max_header_bytes)
+        return {"http": "h11", "h11_max_incomplete_event_size": settings.max_header_bytes}
     cls = type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,),
-               {"max_header_bytes": max_header_bytes, "header_timeout_s": header_timeout_s})
+               {"max_header_bytes": settings.max_header_bytes, "header_timeout_s": settings.header_timeout_s})
     return {"http": cls}

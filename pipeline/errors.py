@@ -1,0 +1,16 @@
+"""The project's user-error type: a problem with a stage's input that the user can fix.
+
+A stage entry point (:mod:`pipeline.cli`) shows a :class:`UserError` as its one line and exits 2; any other
+exception is a bug and keeps its traceback. A ValueError, so callers that validate with ``except ValueError``
+keep working.
+"""
+
+from __future__ import annotations
+
+
+class UserError(ValueError):
+    """Bad input (a file, a param, the data); the message names it, the problem, and the way out."""
+
+
+class StageError(UserError):
+    """A stage's own check of its input failed (raised by stage bodies and the tuning worker)."""

@@ -1,0 +1,464 @@
+"""A ``POST /v1/embeddings`` body -> its options and its images as uint8 (N, S, S, C), every cost bounded
+before it is paid.
+
+1. :func:`read_body`: the body, capped in bytes and in time while it streams in (on the event loop);
+2. :func:`parse_request`: JSON (``images`` or OpenAI's ``input``) or multipart/form-data -> the items;
+3. :func:`probe_items`: base64 and each image's header (:func:`pipeline.data.decode.open_image`): what
+   decoding will cost, in pixels, known and checked before a pixel exists;
+4. :class:`DecodeBudget`: the pixels all requests in flight may be decoding (past it: 429);
+5. :func:`decode_items`: the shared decoder, then :func:`pipeline.data.preprocess.fit_image`.
+
+:class:`RequestDecoder` runs 2 to 5 for the route: small requests on the event loop (a thread hop costs
+more than their work), cheap ones in the probe threads, costly ones in the decode threads, so a flood of
+big images never queues in front of small requests. Every client mistake is an :class:`ApiError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import orjson
+import pybase64
+from pydantic import ValidationError
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect, Request
+
+from pipeline.data.decode import DecodeError, DecodeLimits, ImageTooLarge, Opened, decode_opened, open_image
+from pipeline.data.preprocess import InputSpec, fit_image
+from service.errors import ApiError, describe_validation_errors
+from service.metrics import Metrics
+from service.schemas import EmbeddingForm, EmbeddingRequest, RawArray
+
+JSON = "json"
+MULTIPART = "multipart"
+FILE_FIELDS = ("files", "file", "images", "image")  # the multipart field names that carry images
+_FORM_FIELDS = tuple(f for f in EmbeddingForm.model_fields if f != "files")
+_WHITESPACE = str.maketrans("", "", " \t\r\n")
+_URLSAFE = str.maketrans("-_", "+/")
+# Work done on the event loop instead of a thread: a body this small, decoding to this few pixels,
+# costs less than the two thread hops it would take (bench/serve.py's 1-client figures).
+INLINE_BODY_BYTES = 16_384
+INLINE_PIXELS = 16_384
+
+T = TypeVar("T")
+
+
+@dataclass
+class ParsedRequest:
+    """A request's images (not yet decoded) and options."""
+
+    items: list[str | RawArray | bytes]  # base64 text, a raw array, or an uploaded file's bytes
+    layer: str
+    normalize: bool
+    encoding_format: str
+    model: str | None
+    openai: bool  # sent in OpenAI's shape (``input``): answered in it
+
+
+@dataclass
+class Probed:
+    """One image whose header is read and checked: an opened file or a raw array."""
+
+    index: int
+    cost: int  # pixels that decoding materialises
+    opened: Opened | None = None
+    array: np.ndarray | None = None
+
+
+# ---------------------------------------------------------------------------------------------- body
+
+def body_kind(content_type: str | None) -> str:
+    """``json`` or ``multipart`` from the Content-Type header.
+
+    Raises:
+        ApiError: 415 for any other media type, before a byte of the body is read.
+    """
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media == "application/json" or (media.startswith("application/") and media.endswith("+json")):
+        return JSON
+    if media == "multipart/form-data":
+        return MULTIPART
+    got = f"Content-Type {media!r}" if media else "no Content-Type"
+    raise ApiError(415, None, f"{got} is not supported: send application/json or multipart/form-data")
+
+
+async def read_body(request: Request, limit: int, timeout_s: float | None = None) -> bytes:
+    """The whole body, refused as soon as it is known to exceed ``limit`` bytes or to be late.
+
+    Raises:
+        ApiError: 413 past ``limit`` (from Content-Length, or while a chunked body streams); 408 when it
+            has not all arrived within ``timeout_s`` (a client that announces 100 bytes and sends 10 does
+            not hold a connection and a task for ever); 499 when the client left first.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, None, f"request body of {int(declared)} bytes is over the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, None, f"request body over the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(408, None, f"request body not received within {timeout_s:g} s",
+                       headers={"Connection": "close"}) from None
+    except ClientDisconnect:
+        raise ApiError(499, None, f"the client went away after {size} bytes of its body") from None
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+# ------------------------------------------------------------------------------------------- parsing
+
+def _too_many(n: int, limit: int) -> ApiError:
+    return ApiError(413, None, f"too many images: {n} in one request (the limit is {limit}); split it into "
+                               "several requests")
+
+
+def parse_json(body: bytes, max_images: int) -> ParsedRequest:
+    """A JSON body -> its items and options; ``images`` and OpenAI's ``input`` are both accepted."""
+    if not body.strip():
+        raise ApiError(422, None, "empty body: expected a JSON object {\"images\": [...]} or {\"input\": [...]}")
+    try:
+        raw = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(422, None, f"malformed JSON body ({exc})") from exc
+    # Counted before validation, so a huge list is refused for its size rather than item by item.
+    if isinstance(raw, dict):
+        for key in ("images", "input"):
+            if isinstance(raw.get(key), list) and len(raw[key]) > max_images:
+                raise _too_many(len(raw[key]), max_images)
+    try:
+        req = EmbeddingRequest.model_validate(raw)
+    except ValidationError as exc:
+        message, index = describe_validation_errors(exc.errors())
+        raise ApiError(422, None, message, index=index) from exc
+    return ParsedRequest(list(req.items), req.layer, req.normalize, req.encoding_format, req.model,
+                         openai=req.input is not None)
+
+
+def parse_multipart(body: bytes, content_type: str, max_images: int) -> ParsedRequest:
+    """A multipart/form-data body -> its file parts (the images) and its text fields (the options)."""
+    files: list[str | RawArray | bytes] = []
+    options: dict[str, str] = {}
+    for name, is_file, data in _form_parts(body, content_type, max_images + len(_FORM_FIELDS)):
+        if name in FILE_FIELDS:
+            files.append(bytes(data))
+        elif name in _FORM_FIELDS and not is_file:
+            if name in options:
+                raise ApiError(422, None, f"form field {name!r} is given more than once")
+            options[name] = data.decode("utf-8", "replace").strip()
+        else:
+            raise ApiError(422, None, f"unexpected form field {name!r}: send images as file parts named "
+                                      f"'files' and the options {', '.join(_FORM_FIELDS)} as text fields")
+    if not files:
+        raise ApiError(422, None, "no images: send them as file parts named 'files'")
+    if len(files) > max_images:
+        raise _too_many(len(files), max_images)
+    try:
+        form = EmbeddingForm.model_validate(options)
+    except ValidationError as exc:
+        raise ApiError(422, None, describe_validation_errors(exc.errors())[0]) from exc
+    return ParsedRequest(files, form.layer, form.normalize, form.encoding_format, form.model, openai=False)
+
+
+def _form_parts(body: bytes, content_type: str, max_parts: int) -> list[tuple[str, bool, bytearray]]:
+    """(name, is a file, data) of each part, in order, cut out of a body already in memory (no spooled
+    temporary files)."""
+    _, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise ApiError(422, None, "multipart/form-data needs a boundary parameter in its Content-Type header")
+    parts: list[tuple[str, bool, bytearray]] = []
+    headers: dict[bytes, bytes] = {}
+    name, value = bytearray(), bytearray()
+    ended = False
+
+    def on_header_end() -> None:
+        headers[bytes(name).lower()] = bytes(value)
+        name.clear()
+        value.clear()
+
+    def on_headers_finished() -> None:
+        if len(parts) >= max_parts:
+            raise ApiError(413, None, f"too many parts in the form (at most {max_parts - len(_FORM_FIELDS)} "
+                                      f"images plus the fields {', '.join(_FORM_FIELDS)})")
+        _, opts = parse_options_header(headers.get(b"content-disposition", b""))
+        if b"name" not in opts:
+            raise ApiError(422, None, f"part {len(parts)} has no name in its Content-Disposition header")
+        parts.append((opts[b"name"].decode("utf-8", "replace"), b"filename" in opts, bytearray()))
+        headers.clear()
+
+    def on_end() -> None:
+        nonlocal ended
+        ended = True
+
+    callbacks: dict[str, Callable[..., None]] = {
+        "on_header_field": lambda data, start, end: name.extend(data[start:end]),
+        "on_header_value": lambda data, start, end: value.extend(data[start:end]),
+        "on_header_end": on_header_end,
+        "on_headers_finished": on_headers_finished,
+        "on_part_data": lambda data, start, end: parts[-1][2].extend(data[start:end]),
+        "on_end": on_end,
+    }
+    try:
+        parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+        parser.write(body)
+        parser.finalize()
+    except FormParserError as exc:
+        raise ApiError(422, None, f"malformed multipart/form-data body ({exc})") from exc
+    if not ended:
+        raise ApiError(422, None, "truncated multipart/form-data body (no closing boundary)")
+    return parts
+
+
+def parse_request(body: bytes, kind: str, content_type: str, max_images: int) -> ParsedRequest:
+    """Either parser, by the body's kind (:func:`body_kind`)."""
+    if kind == JSON:
+        return parse_json(body, max_images)
+    return parse_multipart(body, content_type, max_images)
+
+
+# -------------------------------------------------------------------------------------------- images
+
+def _image_error(index: int, exc: DecodeError) -> ApiError:
+    if isinstance(exc, ImageTooLarge):
+        return ApiError(413, "image_too_large", f"image {index}: {exc}", index=index)
+    return ApiError(422, "invalid_image", f"image {index}: {exc}", index=index)
+
+
+def decode_base64(text: str, index: int, max_bytes: int) -> bytes:
+    """Standard or URL-safe base64 (a ``data:...;base64,`` prefix and MIME line breaks are fine) -> bytes,
+    its size checked before it is decoded."""
+    if text.startswith("data:"):
+        _, sep, text = text.partition(",")
+        if not sep:
+            raise ApiError(422, "invalid_image", f"image {index}: data URL without a ',' before its payload",
+                           index=index)
+    if any(c in text for c in " \t\r\n"):  # MIME base64 wraps lines; validate=True would refuse them
+        text = text.translate(_WHITESPACE)
+    # Every 4 base64 characters carry 3 bytes: refuse an oversized payload before decoding it.
+    if len(text) // 4 * 3 > max_bytes + 3:
+        raise ApiError(413, "image_too_large", f"image {index}: larger than the limit of {max_bytes} bytes",
+                       index=index)
+    if "-" in text or "_" in text:  # URL-safe: the standard alphabet first
+        text = text.translate(_URLSAFE)
+    try:
+        # pybase64: SIMD, validated (the standard library takes 1 ms for a 130 kB photo, this 30 us)
+        data = pybase64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ApiError(422, "invalid_image", f"image {index}: not valid base64 ({exc})", index=index) from exc
+    if not data:
+        raise ApiError(422, "invalid_image", f"image {index}: empty", index=index)
+    return data
+
+
+def _probe_raw(raw: RawArray, index: int, limits: DecodeLimits) -> Probed:
+    shape = tuple(raw.shape)
+    if len(shape) not in (2, 3) or any(s < 1 for s in shape):
+        raise ApiError(422, "invalid_image", f"image {index}: shape must be [H, W] or [H, W, C] with positive "
+                                             f"sides, got {list(shape)}", index=index)
+    if len(shape) == 3 and shape[2] not in (1, 2, 3, 4):
+        raise ApiError(422, "invalid_image", f"image {index}: channel count must be 1, 2, 3 or 4, got "
+                                             f"{shape[2]}", index=index)
+    pixels = shape[0] * shape[1]
+    if pixels > limits.decode_pixels:
+        raise ApiError(413, "image_too_large", f"image {index}: a raw array of {shape[1]}x{shape[0]} pixels is "
+                                               f"over the limit of {limits.decode_pixels} pixels", index=index)
+    data = decode_base64(raw.data, index, limits.max_bytes)
+    expected = math.prod(shape)
+    if len(data) != expected:
+        raise ApiError(422, "invalid_image", f"image {index}: {len(data)} bytes do not match shape "
+                                             f"{list(shape)} ({expected} bytes)", index=index)
+    return Probed(index, pixels, array=np.frombuffer(data, dtype=np.uint8).reshape(shape))
+
+
+def probe_items(items: list[str | RawArray | bytes], spec: InputSpec, limits: DecodeLimits) -> list[Probed]:
+    """Every image's header, read and checked, in order (nothing is decoded yet).
+
+    Args:
+        items: base64 text (a data URL is fine), raw arrays, or uploaded files' bytes.
+        spec: the model's input: a JPEG is set to decode at the smallest scale that covers its side.
+        limits: bytes and pixel bounds per image.
+
+    Returns:
+        One :class:`Probed` per item, with what decoding it will cost.
+
+    Raises:
+        ApiError: 422 / 413 for the first bad image, with its index.
+    """
+    probed = []
+    for i, item in enumerate(items):
+        if isinstance(item, RawArray):
+            probed.append(_probe_raw(item, i, limits))
+            continue
+        data = item if isinstance(item, bytes) else decode_base64(item, i, limits.max_bytes)
+        try:
+            opened = open_image(data, spec.image_size, limits)
+        except DecodeError as exc:
+            raise _image_error(i, exc) from exc
+        probed.append(Probed(i, opened.cost, opened=opened))
+    return probed
+
+
+def decode_items(probed: list[Probed], spec: InputSpec) -> np.ndarray:
+    """Decode probed images in order -> uint8 (N, S, S, C) for ``spec``; the first bad one raises."""
+    out = np.empty((len(probed), spec.image_size, spec.image_size, spec.channels), dtype=np.uint8)
+    for p in probed:
+        try:
+            raw = p.array if p.array is not None else decode_opened(p.opened)  # type: ignore[arg-type]
+            out[p.index] = fit_image(raw, spec)
+        except DecodeError as exc:
+            raise _image_error(p.index, exc) from exc
+        except ValueError as exc:  # fit_image: a shape it cannot take
+            raise ApiError(422, "invalid_image", f"image {p.index}: {exc}", index=p.index) from exc
+    return out
+
+
+# ------------------------------------------------------------------------------------ the decode budget
+
+class DecodeBudget:
+    """How many pixels all requests in flight may be decoding at once.
+
+    A costly request takes its whole cost from the budget before it decodes and gives it back when
+    decoding ends; one that does not fit is refused at once (429, like a full batch queue) rather than
+    queued behind work that may take seconds. A cheap request (at most ``cheap_pixels``) is never refused
+    here: it decodes in its own threads. Only touched from the event loop, so a plain counter needs no lock.
+
+    Args:
+        limit_pixels: the pixels costly requests in flight may decode together.
+        cheap_pixels: a request's cost up to which it counts as cheap.
+        metrics: where the pixels in flight are shown.
+    """
+
+    def __init__(self, limit_pixels: int, cheap_pixels: int = 1 << 20, metrics: Metrics | None = None) -> None:
+        self.limit = limit_pixels
+        self.cheap_pixels = cheap_pixels
+        self.costly_in_flight = 0  # what the limit bounds
+        self.in_flight = 0  # all, for the gauge
+        self.metrics = metrics
+
+    def is_cheap(self, pixels: int) -> bool:
+        """Whether a request of this cost decodes in the cheap requests' threads."""
+        return pixels <= self.cheap_pixels
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        """Take ``pixels`` for the body of the ``with``.
+
+        Raises:
+            ApiError: 429 ``decode_busy`` at once when costly requests in flight have spent the budget.
+        """
+        costly = 0 if self.is_cheap(pixels) else pixels
+        if costly and self.costly_in_flight and self.costly_in_flight + costly > self.limit:
+            raise ApiError(429, "decode_busy", f"{self.costly_in_flight} pixels are being decoded and this "
+                                               f"request adds {pixels} (limit {self.limit}); retry later", 1)
+        self._add(pixels, costly)
+        try:
+            yield
+        finally:
+            self._add(-pixels, -costly)
+
+    def _add(self, pixels: int, costly: int) -> None:
+        self.in_flight += pixels
+        self.costly_in_flight += costly
+        if self.metrics:
+            self.metrics.decode_pixels.set(self.in_flight)
+
+
+# ---------------------------------------------------------------------------------------- the pipeline
+
+@dataclass
+class Decoded:
+    """A decoded request: its options, its images as uint8 (N, S, S, C), and their decode cost."""
+
+    parsed: ParsedRequest
+    images: np.ndarray
+    cost: int
+
+
+class RequestDecoder:
+    """Steps 2 to 5 for the route, each where it costs least (see the module's docstring).
+
+    Args:
+        max_images: images per request.
+        limits: bytes and pixel bounds per image.
+        max_request_pixels: decoded pixels per request (past it: 413).
+        budget: the pixels all requests in flight may decode.
+        workers: threads in each of the two pools (cheap and costly work).
+    """
+
+    def __init__(self, max_images: int, limits: DecodeLimits, max_request_pixels: int, budget: DecodeBudget,
+                 workers: int) -> None:
+        self.max_images = max_images
+        self.limits = limits
+        self.max_request_pixels = max_request_pixels
+        self.budget = budget
+        self.probe_pool = ThreadPoolExecutor(workers, thread_name_prefix="probe")
+        self.decode_pool = ThreadPoolExecutor(workers, thread_name_prefix="decode")
+
+    def close(self) -> None:
+        """Stop both pools (work not started is dropped)."""
+        for pool in (self.probe_pool, self.decode_pool):
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def parse_and_probe(self, body: bytes, kind: str, content_type: str, spec: InputSpec,
+                        check: Callable[[ParsedRequest], None]) -> tuple[ParsedRequest, list[Probed]]:
+        """Blocking: the options (``check`` raises for a request to refuse before its images are read)
+        and every image's header; a request over the per-request decode budget is a 413."""
+        parsed = parse_request(body, kind, content_type, self.max_images)
+        check(parsed)
+        probed = probe_items(parsed.items, spec, self.limits)
+        cost = sum(p.cost for p in probed)
+        if cost > self.max_request_pixels:
+            raise ApiError(413, "request_too_large", f"the request's {len(probed)} images decode to {cost} "
+                                                     f"pixels, over the limit of {self.max_request_pixels} "
+                                                     "pixels per request; split it into several requests")
+        return parsed, probed
+
+    async def decode(self, body: bytes, kind: str, content_type: str, spec: InputSpec,
+                     check: Callable[[ParsedRequest], None], before_decoding: Callable[[int], None]) -> Decoded:
+        """The request's options and images as uint8 (N, S, S, C) for ``spec``.
+
+        Args:
+            body: the whole body (:func:`read_body`).
+            kind: :func:`body_kind` of ``content_type``.
+            content_type: the Content-Type header (the multipart boundary).
+            spec: the model's input.
+            check: called with the parsed request before its images are read (it may raise).
+            before_decoding: called with the image count once the headers are checked, before any pixel
+                is decoded (the batch queue refuses a full queue there).
+
+        Raises:
+            ApiError: every client mistake and every bound, with its status.
+        """
+        small = len(body) <= INLINE_BODY_BYTES
+        parsed, probed = (self.parse_and_probe(body, kind, content_type, spec, check) if small else
+                          await _run(self.probe_pool, self.parse_and_probe, body, kind, content_type, spec,
+                                     check))
+        del body  # the probed images hold what they need
+        cost = sum(p.cost for p in probed)
+        before_decoding(len(probed))
+        with self.budget.hold(cost):
+            if small and cost <= INLINE_PIXELS:
+                images = decode_items(probed, spec)
+            else:
+                # A cheap request decodes in the probe threads: it never queues behind costly decodes.
+                pool = self.probe_pool if self.budget.is_cheap(cost) else self.decode_pool
+                images = await _run(pool, decode_items, probed, spec)
+        return Decoded(parsed, images, cost)
+
+
+async def _run(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
+    return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)

@@ -1,0 +1,121 @@
+"""The one image decoder (pipeline/data/decode.py): each rule against a hand-computed reference."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.data.decode import (
+    DecodeError,
+    DecodeLimits,
+    ImageTooLarge,
+    decode_image,
+    open_image,
+    oriented_size,
+)
+
+# A 2x3 picture with six distinct colours, so every flip and turn is told apart.
+PICTURE = np.arange(18, dtype=np.uint8).reshape(2, 3, 3) * 13
+# What a viewer shows for each EXIF orientation of a stored array (the EXIF 2.32 definitions).
+SHOWN = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],  # mirrored left-right
+    3: lambda a: a[::-1, ::-1],  # turned 180
+    4: lambda a: a[::-1],  # mirrored top-bottom
+    5: lambda a: a.transpose(1, 0, 2),  # mirrored along the main diagonal
+    6: lambda a: np.rot90(a, -1),  # stored turned 90 counter-clockwise: shown turned 90 clockwise
+    7: lambda a: np.rot90(a, 2).transpose(1, 0, 2),  # mirrored along the other diagonal
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def encode(img: Image.Image, fmt: str = "PNG", **kwargs: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+def with_orientation(arr: np.ndarray, orientation: int, fmt: str = "PNG") -> bytes:
+    img = Image.fromarray(arr)
+    exif = img.getexif()
+    exif[0x0112] = orientation
+    return encode(img, fmt, exif=exif)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied_as_a_viewer_shows_it(orientation):
+    data = with_orientation(PICTURE, orientation)
+    got = decode_image(data)
+    np.testing.assert_array_equal(got, SHOWN[orientation](PICTURE))
+    opened = open_image(data)
+    assert oriented_size(opened.image) == (got.shape[1], got.shape[0])  # from the header alone
+
+
+def test_16_and_32_bit_grey_scale_by_1_over_257_rounded():
+    values = np.array([[0, 128, 129, 257, 32896, 65535]], dtype=np.uint16)
+    want = np.array([[0, 0, 1, 1, 128, 255]], dtype=np.uint8)  # floor(v / 257 + 0.5)
+    png = encode(Image.fromarray(values))
+    assert Image.open(io.BytesIO(png)).mode == "I;16"
+    np.testing.assert_array_equal(decode_image(png)[:, :, 0], want)
+    # 32-bit integers (mode I, a TIFF): the same rule, clipped at both ends
+    wide = np.array([[0, 128, 257, 65535, 70000, -5]], dtype=np.int32)
+    tiff = encode(Image.fromarray(wide), "TIFF")
+    assert Image.open(io.BytesIO(tiff)).mode == "I"
+    np.testing.assert_array_equal(decode_image(tiff)[:, :, 0], [[0, 0, 1, 255, 255, 0]])
+
+
+def test_float_grey_is_on_the_0_to_255_scale_rounded_and_clipped():
+    values = np.array([[-3.5, 0.5, 1.49, 1.5, 254.5, 300.0, np.nan]], dtype=np.float32)
+    tiff = encode(Image.fromarray(values), "TIFF")
+    np.testing.assert_array_equal(decode_image(tiff)[:, :, 0], [[0, 1, 1, 2, 255, 255, 0]])
+
+
+def test_alpha_is_dropped_and_palettes_give_their_colours():
+    rgba = np.zeros((2, 2, 4), np.uint8)
+    rgba[..., :3] = [[[10, 20, 30], [40, 50, 60]], [[70, 80, 90], [100, 110, 120]]]
+    rgba[..., 3] = [[0, 255], [128, 7]]
+    np.testing.assert_array_equal(decode_image(encode(Image.fromarray(rgba))), rgba[..., :3])
+    la = Image.fromarray(rgba[..., [0, 3]], "LA")
+    np.testing.assert_array_equal(decode_image(encode(la))[:, :, 0], rgba[..., 0])
+    pal = Image.fromarray(rgba[..., :3]).quantize(4)
+    want = np.asarray(pal.convert("RGB"))
+    np.testing.assert_array_equal(decode_image(encode(pal)), want)
+    pal.info["transparency"] = 0  # a transparent palette index keeps its colour too
+    np.testing.assert_array_equal(decode_image(encode(pal, transparency=0)), want)
+
+
+def test_bilevel_cmyk_and_channel_counts():
+    bits = Image.fromarray(np.array([[0, 1], [1, 0]], bool))
+    np.testing.assert_array_equal(decode_image(encode(bits))[:, :, 0], [[0, 255], [255, 0]])
+    cmyk = Image.new("CMYK", (2, 1), (0, 255, 0, 0))  # no cyan, full magenta: green is gone
+    np.testing.assert_array_equal(decode_image(encode(cmyk, "TIFF")), [[[255, 0, 255]] * 2])
+    assert decode_image(encode(Image.new("L", (3, 2)))).shape == (2, 3, 1)
+    assert decode_image(encode(Image.new("RGB", (3, 2)))).shape == (2, 3, 3)
+
+
+def test_a_jpeg_decodes_at_a_reduced_scale_and_big_images_are_box_reduced():
+    photo = encode(Image.new("RGB", (4000, 3000), (90, 120, 150)), "JPEG")
+    opened = open_image(photo, target=64)
+    assert opened.image.size == (500, 375) and opened.cost == 500 * 375  # libjpeg's 1/8 scale
+    assert open_image(photo).cost == 4000 * 3000  # no target: no reduced decoding
+    big = encode(Image.new("L", (1024, 640), 77))
+    arr = decode_image(big, target=32)
+    assert arr.shape == (128, 205, 1) and (arr == 77).all()  # reduced by 640 // (4 * 32) = 5, sides rounded up
+    assert decode_image(big, target=200).shape == (640, 1024, 1)  # 640 < 8 * 200: kept whole
+
+
+def test_limits_are_checked_from_the_header_and_bad_files_are_decode_errors():
+    png = encode(Image.new("L", (100, 100)))
+    with pytest.raises(ImageTooLarge, match="10000 pixels is over the limit of 9999"):
+        open_image(png, limits=DecodeLimits(10**6, 9_999))
+    with pytest.raises(ImageTooLarge, match="decode limit of 5000"):
+        open_image(png, limits=DecodeLimits(10**6, 10**6, 5_000))
+    with pytest.raises(ImageTooLarge, match="bytes"):
+        open_image(png, limits=DecodeLimits(10, 10**6))
+    for bad, words in ((b"hello", "not an image"), (png[:-30], "truncated"), (b"", "empty"),
+                       (b"%!PS-Adobe-3.0 EPSF-3.0\n", "not an image")):
+        with pytest.raises(DecodeError, match=words):
+            decode_image(bad)
