@@ -46,7 +46,7 @@ from pipeline.data.decode import DecodeLimits, open_image
 from pipeline.tracking.registry import LoadedModel, load_registered
 from pipeline.tracking.runs import bound_http_retries
 from service.app import create_app
-from service.server import uvicorn_options
+from service.server import ConnectionLimits, uvicorn_options
 from service.settings import is_loopback
 from tests.servers import free_port
 from tests.test_service import (  # noqa: F401 - store is a fixture
@@ -330,8 +330,12 @@ def test_an_aborted_upload_is_a_499_and_one_log_line_not_a_500(server):
 
 
 def test_uvicorn_options_pick_the_guarded_httptools_protocol_or_h11_with_its_limit(store):
-    opts = uvicorn_options(make_settings(store, max_header_bytes=1234, header_timeout_s=2.5))
-    assert opts["http"].max_header_bytes == 1234 and opts["http"].header_timeout_s == 2.5
+    opts = uvicorn_options(make_settings(store, max_header_bytes=1234, header_timeout_s=2.5, max_connections=500),
+                           fd_limit=20_000)
+    assert opts["http"].limits == ConnectionLimits(1234, 2.5)
+    assert opts["http"].registry.cap == 500
+    # under the common limit of 1,024 open files, an eighth of them is kept for the rest of the process
+    assert uvicorn_options(make_settings(store), fd_limit=1024)["http"].registry.cap == 1024 - 128
     opts = uvicorn_options(make_settings(store, http="h11", max_header_bytes=1234))
     assert opts == {"http": "h11", "h11_max_incomplete_event_size": 1234}
 
