@@ -67,18 +67,20 @@ def tiled_tiff(width: int, height: int, tile: int) -> bytes:
     n = -(-width // tile) * -(-height // tile)
     fields = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
               (277, 3, 1, 1), (284, 3, 1, 1), (322, 4, 1, tile), (323, 4, 1, tile)]
+    short = tile * tile < 65_536  # byte counts as SHORTs when they fit (the file: 6 MB, not 8)
     ifd_size = 2 + (len(fields) + 2) * 12 + 4
     offsets_at = 8 + ifd_size
     counts_at = offsets_at + 4 * n
-    data_at = counts_at + 2 * n
-    fields += [(324, 4, n, offsets_at if n > 1 else data_at), (325, 3, n, counts_at if n > 1 else tile * tile)]
+    data_at = counts_at + (2 if short else 4) * n
+    fields += [(324, 4, n, offsets_at if n > 1 else data_at),
+               (325, 3 if short else 4, n, counts_at if n > 1 else tile * tile)]
     out = bytearray(b"II*\x00" + struct.pack("<IH", 8, len(fields)))
     for tag, kind, count, value in sorted(fields):
         inline_short = kind == 3 and count == 1
         out += struct.pack("<HHIHH" if inline_short else "<HHII", tag, kind, count,
                            *((value, 0) if inline_short else (value,)))
     out += struct.pack("<I", 0)
-    out += struct.pack(f"<{n}I", *([data_at] * n)) + struct.pack(f"<{n}H", *([tile * tile] * n))
+    out += struct.pack(f"<{n}I", *([data_at] * n)) + struct.pack(f"<{n}{'H' if short else 'I'}", *([tile * tile] * n))
     return bytes(out + bytes(tile * tile))
 
 

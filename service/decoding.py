@@ -63,8 +63,11 @@ COSTLY_NICE = 10
 MAX_FIELD_BYTES = 4096
 # A multipart body is cut in slices of this size, so a part over its limit stops being read there.
 MULTIPART_SLICE = 1 << 20
+# Bodies are counted (brackets, delimiters) this much at a time.
+COUNT_SLICE = 1 << 20
 
 T = TypeVar("T")
+Buffer = bytes | bytearray  # a body: bytearray when it came in several pieces
 
 
 @dataclass
@@ -107,7 +110,7 @@ def body_kind(content_type: str | None) -> str:
 
 
 async def read_body(request: Request, limit: int, timeout_s: float | None = None,
-                    held: Held | None = None) -> bytes:
+                    held: Held | None = None) -> Buffer:
     """The whole body, refused as soon as it is known to exceed ``limit`` bytes or to be late.
 
     Args:
@@ -125,29 +128,36 @@ async def read_body(request: Request, limit: int, timeout_s: float | None = None
             connection, so that the rest is never read.
     """
     close = {"Connection": "close"}
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isascii() and declared.isdigit():
-        if int(declared) > limit:
-            raise ApiError(413, None, f"request body of {int(declared)} bytes is over the limit of {limit} "
-                                      "bytes", headers=close)
+    header = request.headers.get("content-length")
+    declared = int(header) if header is not None and header.isascii() and header.isdigit() else None
+    if declared is not None:
+        if declared > limit:
+            raise ApiError(413, None, f"request body of {declared} bytes is over the limit of {limit} bytes",
+                           headers=close)
         if held is not None:
-            _grow(held, int(declared))
-    chunks: list[bytes] = []
-    size = 0
+            _grow(held, declared)
+    # Appended in place (a big bytearray grows by remapping its pages): one copy of the body, never a
+    # list of pieces and their join, which would hold the event loop for a copy of all of it.
+    first, body, size = b"", bytearray(), 0
     try:
         async with asyncio.timeout(timeout_s):
             async for chunk in request.stream():
+                if not first:
+                    first = chunk
+                else:
+                    if not body:
+                        body += first
+                    body += chunk
                 size += len(chunk)
                 if size > limit:
                     raise ApiError(413, None, f"request body over the limit of {limit} bytes", headers=close)
                 if held is not None and size > held.amount:  # chunked: held in doubling steps
                     _grow(held, max(size, min(2 * held.amount, limit)))
-                chunks.append(chunk)
     except TimeoutError:
         raise ApiError(408, None, f"request body not received within {timeout_s:g} s", headers=close) from None
     except ClientDisconnect:
         raise ApiError(499, None, f"the client went away after {size} bytes of its body") from None
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return body if body else first
 
 
 def _grow(held: Held, amount: int) -> None:
@@ -165,9 +175,9 @@ def _too_many(n: int, limit: int) -> ApiError:
                                "several requests")
 
 
-def parse_json(body: bytes, max_images: int) -> ParsedRequest:
+def parse_json(body: Buffer, max_images: int) -> ParsedRequest:
     """A JSON body -> its items and options; ``images`` and OpenAI's ``input`` are both accepted."""
-    if not body.strip():
+    if not body or body.isspace():  # isspace stops at the first other byte; strip() would copy the body
         raise ApiError(422, None, "empty body: expected a JSON object {\"images\": [...]} or {\"input\": [...]}")
     check_json_structure(body, max_images)
     try:
@@ -188,28 +198,39 @@ def parse_json(body: bytes, max_images: int) -> ParsedRequest:
                          openai=req.input is not None)
 
 
-def check_json_structure(body: bytes, max_images: int) -> None:
+def count_upto(data: Buffer, needles: tuple[bytes, ...], most: int) -> int:
+    """How often ``needles`` occur in ``data`` (each occurrence of each), the count stopping once past
+    ``most``; a slice of :data:`COUNT_SLICE` bytes at a time, so that the GIL is free between slices and
+    an absurd body is refused after its first slice."""
+    n, total = len(data), 0
+    for start in range(0, n, COUNT_SLICE):
+        for needle in needles:  # an occurrence is counted in the slice it starts in
+            total += data.count(needle, start, min(n, start + COUNT_SLICE + len(needle) - 1))
+        if total > most:
+            break
+    return total
+
+
+def check_json_structure(body: Buffer, max_images: int) -> None:
     """Refuse a JSON body whose arrays, objects or commas the schema has no room for, before parsing it.
 
     A request is an object holding a list and, per image, at most a raw array's object and its shape:
     past ``4 * max_images + 16`` brackets or ``8 * max_images + 32`` commas (counted anywhere, strings
     included: an upper bound on what parsing builds) the body is structure, not images. Parsing such
     structure costs a microsecond and tens of bytes a value, with the GIL held: 21 million ``[]`` froze
-    the process for 14.5 s. Counting costs a pass over the bytes in C.
+    the process for 14.5 s. Counting costs a pass over the bytes in C (:func:`count_upto`).
 
     Raises:
-        ApiError: 413 with both counts.
+        ApiError: 413, naming the count that is over.
     """
-    containers = body.count(b"[") + body.count(b"{")
-    commas = body.count(b",")
     most_containers, most_commas = 4 * max_images + 16, 8 * max_images + 32
-    if containers > most_containers or commas > most_commas:
-        raise ApiError(413, None, f"the JSON body holds {containers} arrays or objects and {commas} commas: a "
-                                  f"request of at most {max_images} images holds at most {most_containers} "
-                                  f"and {most_commas}")
+    for needles, most, what in (((b"[", b"{"), most_containers, "arrays or objects"), ((b",",), most_commas, "commas")):
+        if count_upto(body, needles, most) > most:
+            raise ApiError(413, None, f"the JSON body holds more than {most} {what}: a request of at most "
+                                      f"{max_images} images holds at most {most}")
 
 
-def parse_multipart(body: bytes, content_type: str, max_images: int, max_file_bytes: int) -> ParsedRequest:
+def parse_multipart(body: Buffer, content_type: str, max_images: int, max_file_bytes: int) -> ParsedRequest:
     """A multipart/form-data body -> its file parts (the images) and its text fields (the options)."""
     files: list[str | RawArray | bytes] = []
     options: dict[str, str] = {}
@@ -234,7 +255,7 @@ def parse_multipart(body: bytes, content_type: str, max_images: int, max_file_by
     return ParsedRequest(files, form.layer, form.normalize, form.encoding_format, form.model, openai=False)
 
 
-def _form_parts(body: bytes, content_type: str, max_parts: int,
+def _form_parts(body: Buffer, content_type: str, max_parts: int,
                 max_file_bytes: int) -> list[tuple[str, bool, bytearray]]:
     """(name, is a file, data) of each part, in order, cut out of a body already in memory (no spooled
     temporary files); a file part stops at ``max_file_bytes``, a text field at :data:`MAX_FIELD_BYTES`."""
@@ -248,11 +269,10 @@ def _form_parts(body: bytes, content_type: str, max_parts: int,
     # Every part but the first starts with the delimiter, and the form ends with one: more of them is more
     # parts than a request holds, or a part that contains its boundary (which RFC 2046 forbids), each of
     # which python-multipart matches byte by byte (8 s for 60 MB of them).
-    delimiters = body.count(b"\r\n--" + boundary)
-    if delimiters > max_parts + 1:
-        raise ApiError(413, None, f"the body holds its boundary {delimiters} times: a form has at most "
-                                  f"{max_parts - len(_FORM_FIELDS)} images plus the fields "
-                                  f"{', '.join(_FORM_FIELDS)}, and no part may contain the boundary")
+    if count_upto(body, (b"\r\n--" + boundary,), max_parts + 1) > max_parts + 1:
+        raise ApiError(413, None, f"the body holds its boundary more than {max_parts + 1} times: a form has at "
+                                  f"most {max_parts - len(_FORM_FIELDS)} images plus the fields "
+                                  f"{', '.join(_FORM_FIELDS)}, and no part may contain its boundary")
     parts: list[tuple[str, bool, bytearray]] = []
     files = 0
     headers: dict[bytes, bytes] = {}
@@ -301,7 +321,7 @@ def _form_parts(body: bytes, content_type: str, max_parts: int,
     try:
         parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
         for at in range(0, len(body), MULTIPART_SLICE):  # a part over its limit stops being read there
-            parser.write(body[at:at + MULTIPART_SLICE])
+            parser.write(bytes(body[at:at + MULTIPART_SLICE]))
         parser.finalize()
     except (FormParserError, ValueError) as exc:
         raise ApiError(422, None, f"malformed multipart/form-data body ({exc})") from exc
@@ -310,7 +330,7 @@ def _form_parts(body: bytes, content_type: str, max_parts: int,
     return parts
 
 
-def parse_request(body: bytes, kind: str, content_type: str, max_images: int,
+def parse_request(body: Buffer, kind: str, content_type: str, max_images: int,
                   max_file_bytes: int) -> ParsedRequest:
     """Either parser, by the body's kind (:func:`body_kind`); ``max_file_bytes`` bounds each uploaded
     file."""
@@ -538,7 +558,7 @@ class RequestDecoder:
         for pool in (self.cheap_pool, self.costly_pool):
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def parse_and_probe(self, body: bytes, kind: str, content_type: str, spec: InputSpec,
+    def parse_and_probe(self, body: Buffer, kind: str, content_type: str, spec: InputSpec,
                         check: Callable[[ParsedRequest], None]) -> tuple[ParsedRequest, list[Probed]]:
         """Blocking: the options (``check`` raises for a request to refuse before its images are read)
         and every image's header; a request over the per-request decode budget is a 413."""
@@ -552,7 +572,7 @@ class RequestDecoder:
                                                      "pixels per request; split it into several requests")
         return parsed, probed
 
-    async def decode(self, body: bytes, kind: str, content_type: str, spec: InputSpec,
+    async def decode(self, body: Buffer, kind: str, content_type: str, spec: InputSpec,
                      check: Callable[[ParsedRequest], None], before_decoding: Callable[[int], None]) -> Decoded:
         """The request's options and images as uint8 (N, S, S, C) for ``spec``.
 

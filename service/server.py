@@ -11,9 +11,9 @@ that arrives whole). Per server:
 
 and per connection:
 
-- a request's line, headers and trailers together within ``max_header_bytes``, counted from the parser's
-  callbacks (exact, however the bytes arrive) and from whole reads that stay inside one header block or
-  one body (a header still arriving); past it 431;
+- a request's line, headers and trailers together within ``max_header_bytes`` and ``MAX_HEADER_FIELDS``
+  fields, counted from the parser's callbacks (exact, however the bytes arrive) and from whole reads that
+  stay inside one header block or one body (a header still arriving); past it 431;
 - its headers within ``header_timeout_s`` of its first byte (or the connection's); past it 408;
 - a body in pieces (reads, or chunks) averaging at least ``MIN_PIECE_BYTES`` once past ``PIECE_GRACE``
   pieces (each piece costs the server a parser callback; one-byte chunks would cost everyone); past it
@@ -48,6 +48,11 @@ except ImportError:  # pragma: no cover - uvicorn without httptools: h11 below
 
 # Requests queued behind the one being answered on a connection (HTTP/1.1 pipelining).
 MAX_PIPELINED = 32
+# Header and trailer fields per request (Apache's LimitRequestFields): each costs a parser callback.
+MAX_HEADER_FIELDS = 100
+# Reads are parsed this much at a time, so that parsing stops soon after a refusal (httptools parses all it
+# is given, calling back for every header, chunk or pipelined request in it).
+FEED_BYTES = 16_384
 # A body's pieces: after PIECE_GRACE of them, they must average MIN_PIECE_BYTES (a TCP segment holds
 # 536 to 1460 bytes; HTTP clients write chunks of kilobytes).
 PIECE_GRACE = 1024
@@ -173,11 +178,11 @@ class ConnectionLimits:
 async def _pipeline_full(scope: Any, receive: Any, send: Any) -> None:
     """The ASGI answer to a request queued past :data:`MAX_PIPELINED`: 503, and the connection closes."""
     body = json.dumps(ApiError(503, "too_many_pipelined", f"more than {MAX_PIPELINED} requests were queued "
-                                                          "on this connection; send the rest again").body())
+                                                          "on this connection; send the rest again").body()).encode()
     await send({"type": "http.response.start", "status": 503,
-                "headers": [(b"content-type", b"application/json"), (b"connection", b"close"),
-                            (b"retry-after", b"1")]})
-    await send({"type": "http.response.body", "body": body.encode()})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close"), (b"retry-after", b"1")]})
+    await send({"type": "http.response.body", "body": body})
 
 
 if HttpToolsProtocol is not None:
@@ -197,6 +202,7 @@ if HttpToolsProtocol is not None:
             self._phase = _IDLE
             self._messages = 0  # requests begun on this connection
             self._head = 0  # bytes of the request line, headers and trailers, from the parser's callbacks
+            self._fields = 0  # header and trailer fields
             self._head_wire = 0  # bytes of whole reads inside this request's header block
             self._body = self._pieces = self._framing = 0  # the body's bytes and pieces; other bytes in it
             self._read_body = 0  # body bytes of the read being parsed
@@ -275,12 +281,17 @@ if HttpToolsProtocol is not None:
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
-            if self._refused or self._pipeline_full or self.transport.is_closing():
-                return  # answered already: nothing more is parsed
+            view = memoryview(data) if len(data) > FEED_BYTES else None
+            for at in range(0, len(data), FEED_BYTES):
+                if self._refused or self._pipeline_full or self.transport.is_closing():
+                    break  # answered already: nothing more is parsed
+                self._feed(data if view is None else view[at:at + FEED_BYTES])  # type: ignore[arg-type]
+            self._flush_body()  # the read's body pieces reach the app as one
+
+        def _feed(self, data: bytes) -> None:
             phase, messages = self._phase, self._messages
             self._read_body = 0
             super().data_received(data)
-            self._flush_body()
             if self._refused or self.transport.is_closing():
                 return
             if (phase, self._phase, self._messages) == (_IDLE, _HEAD, messages + 1):
@@ -326,7 +337,7 @@ if HttpToolsProtocol is not None:
             if self._refused or self._pipeline_full:
                 return
             self._messages += 1
-            self._phase, self._head, self._head_wire = _HEAD, _REQUEST_LINE, 0
+            self._phase, self._head, self._head_wire, self._fields = _HEAD, _REQUEST_LINE, 0, 0
             self._body = self._pieces = self._framing = 0
             self._body_pending = False
             self._arm(self._headers_too_slow)
@@ -338,6 +349,11 @@ if HttpToolsProtocol is not None:
 
         def on_header(self, name: bytes, value: bytes) -> None:
             if self._refused or self._pipeline_full or not self._count_head(len(name) + len(value) + 3):
+                return
+            self._fields += 1
+            if self._fields > MAX_HEADER_FIELDS:
+                what = "header and trailer" if self._phase == _BODY else "header"
+                self._refuse(431, f"more than {MAX_HEADER_FIELDS} {what} fields", "request_header_fields_too_large")
                 return
             if self._phase != _BODY:  # trailers are counted, never kept (the app has its headers already)
                 super().on_header(name, value)
