@@ -422,6 +422,43 @@ async def good_client(port: int, pid: int, seconds: float) -> tuple[list[tuple[i
     return good, peak[0]
 
 
+# ------------------------------------------------------------------------------------- decode costs
+
+def decode_costs(repeats: int) -> None:
+    """What each format's hidden work costs to decode in this process (median of ``repeats``), beside a
+    2048x2048 PNG, the unit of pipeline.data.decode's pixel-equivalents: the figures behind its
+    JPEG_SCANS_PER_PASS and TIFF_UNIT_COST."""
+    from PIL import Image
+
+    def timed(data: bytes, target: int | None = 8) -> float:
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            image = Image.open(io.BytesIO(data))
+            if target is not None and image.format in ("JPEG", "MPO"):
+                image.draft(None, (target, target))
+            image.load()
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times))
+
+    buf = io.BytesIO()
+    Image.fromarray(np.dstack([hostile.gradient(2048, 2048), np.full((2048, 2048), 255, np.uint8)])).save(buf, "PNG")
+    png = timed(buf.getvalue())
+    print(f"decode costs (median of {repeats}; a 2048x2048 RGBA gradient PNG: {png * 1000:.1f} ms, "
+          f"{png / 2048**2 * 1e9:.1f} ns a pixel)")
+    rows = [("4000x4000 baseline JPEG, full size", hostile.jpeg(4000, 4000), None),
+            ("4000x4000 baseline JPEG at 1/8", hostile.jpeg(4000, 4000), 8),
+            ("4000x4000 progressive JPEG (10 scans) at 1/8", hostile.jpeg(4000, 4000, True), 8),
+            ("... 100 scans at 1/8", hostile.many_scan_jpeg(4000, 4000, 100), 8),
+            ("... 1,000 scans at 1/8", hostile.many_scan_jpeg(4000, 4000, 1000), 8),
+            ("1000x1000 TIFF in 16x16 tiles (3,969)", hostile.tiled_tiff(1000, 1000, 16), None),
+            ("1000x1000 TIFF in 4x4 tiles (62,500)", hostile.tiled_tiff(1000, 1000, 4), None),
+            ("1000x1000 TIFF in one tile", hostile.tiled_tiff(1000, 1000, 1000), None)]
+    for what, data, target in rows:
+        t = timed(data, target)
+        print(f"  {what}: {t * 1000:.1f} ms = {t / png * 2048**2 / 1e6:.2f} M PNG pixels")
+
+
 # ------------------------------------------------------------------------------------- one shape
 
 def run_shape(name: str, args: argparse.Namespace, tracking_uri: str, model_uri: str, logdir: Path) -> str:
@@ -490,7 +527,12 @@ def main(argv: list[str] | None = None) -> None:
                    help="where `python -m service` runs: another checkout's code, to compare (default: this one)")
     p.add_argument("--skip-sockets", action="store_true")
     p.add_argument("--skip-shapes", action="store_true")
+    p.add_argument("--decode-costs", action="store_true",
+                   help="only print what each format's hidden work costs to decode here, and exit")
     args = p.parse_args(argv)
+    if args.decode_costs:
+        decode_costs(repeats=5)
+        return
     root = Path(tempfile.mkdtemp(prefix="bench-flood-"))
     tracking_uri, model_uri = store_in_child(root)
     if not args.skip_sockets:

@@ -11,6 +11,8 @@ from PIL import Image
 
 from bench import serve_hostile as hostile
 from pipeline.data.decode import (
+    JPEG_SCAN_BYTE_COST,
+    TIFF_UNIT_COST,
     DecodeError,
     DecodeLimits,
     ImageTooLarge,
@@ -138,6 +140,11 @@ def test_a_multi_scan_jpeg_costs_its_full_size_per_ten_scans_and_past_100_is_ref
     assert opened.cost == 2000 * 1000 and opened.image.size == (250, 125)
     opened = open_image(hostile.many_scan_jpeg(400, 300, 35), 64, LIMITS)
     assert opened.cost == 400 * 300 * 35 // 10
+    # noise: its entropy-coded bytes cost the most
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)).save(
+        buf, "JPEG", quality=95, progressive=True)
+    assert open_image(buf.getvalue(), 64, LIMITS).cost == len(buf.getvalue()) * JPEG_SCAN_BYTE_COST > 300 * 300
     with pytest.raises(ImageTooLarge, match="a JPEG of 101 scans is over the limit of 100"):
         open_image(hostile.many_scan_jpeg(400, 300, 101), 64, LIMITS)
     # a baseline JPEG: one interleaved scan, decoded at 1/8 whatever its claimed size
@@ -156,12 +163,12 @@ def test_jpeg_codings_other_than_huffman_are_not_read_under_limits(sof, coding):
 def test_a_tiff_is_checked_from_its_directory_before_pil_lists_its_tiles():
     tiny_tiles = hostile.tiled_tiff(1000, 1000, 1)  # a million 1x1 tiles: PIL takes seconds to open it
     started = time.perf_counter()
-    with pytest.raises(ImageTooLarge, match="1000000 strips or tiles decodes to at least 256000000 pixels"):
+    with pytest.raises(ImageTooLarge, match="1000000 strips or tiles decodes to at least 1024000000 pixels"):
         open_image(tiny_tiles, None, DecodeLimits(10**7, 16_000_000, 4_194_304))
     assert time.perf_counter() - started < 0.5  # PIL alone: 5.6 s to open it
-    # tiles of 16x16 (TIFF's smallest) cost their pixels; 8x8 ones 256 each
-    assert open_image(hostile.tiled_tiff(160, 96, 16), None, LIMITS).cost == 160 * 96
-    assert open_image(hostile.tiled_tiff(160, 96, 8), None, LIMITS).cost == 20 * 12 * 256
+    # tiles of 64x64 cost their pixels; 8x8 ones TIFF_UNIT_COST each
+    assert open_image(hostile.tiled_tiff(256, 128, 64), None, LIMITS).cost == 256 * 128
+    assert open_image(hostile.tiled_tiff(160, 96, 8), None, LIMITS).cost == 20 * 12 * TIFF_UNIT_COST
     decoded = decode_image(hostile.tiled_tiff(160, 96, 8), None, LIMITS)  # and it decodes
     assert decoded.shape == (96, 160, 1) and not decoded.any()
     with pytest.raises(ImageTooLarge, match="pixels is over the limit"):  # its header's size, before PIL

@@ -26,23 +26,27 @@ from pipeline.data.errors import one_line
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "TGA", "ICO", "DIB")
 # Those read under limits. Not ICO: PIL decodes an icon's inner PNG or BMP, of any size, while opening it.
 LIMITED_FORMATS = tuple(f for f in FORMATS if f != "ICO")
-# Under limits, decode work is counted in pixel-equivalents: one decoded pixel of a PNG (README "The
-# embedding service" has the measurements behind these figures).
+# Under limits, decode work is counted in pixel-equivalents: the time PIL takes to decode one pixel of a
+# PNG (9 ns here; `python bench/serve_flood.py --decode-costs` measures the figures below, README "The
+# embedding service" has them).
 # A JPEG of several scans (progressive, or one scan per component) buffers its coefficients at full size
-# whatever the output scale, and passes over them once per scan: it costs its full width x height per
-# JPEG_SCANS_PER_PASS scans (a progressive JPEG has about 10), at least once; past JPEG_MAX_SCANS
-# (libtiff's limit for JPEG in TIFF) it is refused.
+# whatever the output scale, passes over them once per scan, and decodes its entropy-coded bytes at 45 to
+# 55 ns a byte: it costs the larger of its full width x height per JPEG_SCANS_PER_PASS scans (at least
+# once: a progressive JPEG has about 10) and JPEG_SCAN_BYTE_COST per byte; past JPEG_MAX_SCANS (libtiff's
+# limit for JPEG in TIFF) it is refused. A baseline JPEG (one scan) costs what it decodes at its reduced
+# scale: its bytes (10 ns each) are bounded by the file size limit.
 JPEG_SCANS_PER_PASS = 10
 JPEG_MAX_SCANS = 100
+JPEG_SCAN_BYTE_COST = 5
 _JPEG_CODINGS = {0xC0: "baseline", 0xC1: "extended", 0xC2: "progressive", 0xC3: "lossless",
                  0xC5: "hierarchical", 0xC6: "hierarchical", 0xC7: "hierarchical", 0xC9: "arithmetic",
                  0xCA: "arithmetic", 0xCB: "arithmetic", 0xCD: "hierarchical arithmetic",
                  0xCE: "hierarchical arithmetic", 0xCF: "hierarchical arithmetic"}
 _JPEG_READ = frozenset({0xC0, 0xC1, 0xC2})  # Huffman-coded, sequential or progressive: what cameras write
-# PIL lists a TIFF's strips or tiles while opening it, then decodes them one by one, at a fixed cost each:
-# a TIFF costs at least TIFF_UNIT_COST per strip or tile (a 16x16 tile, TIFF's smallest, holds 256
-# pixels), so a normal TIFF costs its pixels and a million 1x1 tiles cost 256 million.
-TIFF_UNIT_COST = 256
+# PIL lists a TIFF's strips or tiles while opening it, then decodes them one by one, about 10 us each: a
+# TIFF costs at least TIFF_UNIT_COST per strip or tile, so one in strips or tiles of some kilobytes costs
+# its pixels and a million 1x1 tiles cost a billion.
+TIFF_UNIT_COST = 1024
 # TIFF compressions read under limits (none, CCITT fax, LZW, Deflate, PackBits). JPEG, JPEG 2000, WebP
 # and JPEG XL compressions hold images of another format inside, so they are not read.
 TIFF_COMPRESSIONS = frozenset({1, 2, 3, 4, 5, 8, 32773, 32946})
@@ -209,7 +213,7 @@ def _read_within(source: bytes | str | Path, max_bytes: int) -> bytes:
 
 
 def _jpeg_cost(data: bytes, w: int, h: int, cost: int, why: str) -> tuple[int, str]:
-    """A JPEG's decode cost from its markers (see :data:`JPEG_SCANS_PER_PASS`), and why it is that.
+    """A JPEG's decode cost from its markers and size (see :data:`JPEG_SCANS_PER_PASS`), and why.
 
     Raises:
         DecodeError: a coding not read under limits, or markers PIL let through but that do not parse.
@@ -224,7 +228,7 @@ def _jpeg_cost(data: bytes, w: int, h: int, cost: int, why: str) -> tuple[int, s
     if scans > JPEG_MAX_SCANS:
         raise ImageTooLarge(f"a JPEG of {scans} scans is over the limit of {JPEG_MAX_SCANS} (a progressive "
                             f"JPEG has about {JPEG_SCANS_PER_PASS})")
-    work = w * h * max(scans, JPEG_SCANS_PER_PASS) // JPEG_SCANS_PER_PASS
+    work = max(w * h * max(scans, JPEG_SCANS_PER_PASS) // JPEG_SCANS_PER_PASS, len(data) * JPEG_SCAN_BYTE_COST)
     return max(cost, work), f" (a JPEG of {scans} scans decodes them all at full size)"
 
 
