@@ -454,9 +454,16 @@ def decode_costs(repeats: int) -> None:
             ("1000x1000 TIFF in 16x16 tiles (3,969)", hostile.tiled_tiff(1000, 1000, 16), None),
             ("1000x1000 TIFF in 4x4 tiles (62,500)", hostile.tiled_tiff(1000, 1000, 4), None),
             ("1000x1000 TIFF in one tile", hostile.tiled_tiff(1000, 1000, 1000), None)]
+    noise = np.random.default_rng(0).integers(0, 256, (2000, 2000, 3), dtype=np.uint8)
+    for progressive in (False, True):  # the most entropy-coded bytes a JPEG of this size can have
+        buf = io.BytesIO()
+        Image.fromarray(noise).save(buf, "JPEG", quality=95, progressive=progressive)
+        rows.append((f"2000x2000 noise {'progressive' if progressive else 'baseline'} JPEG "
+                     f"({len(buf.getvalue()) / 1e6:.1f} MB) at 1/8", buf.getvalue(), 8))
     for what, data, target in rows:
         t = timed(data, target)
-        print(f"  {what}: {t * 1000:.1f} ms = {t / png * 2048**2 / 1e6:.2f} M PNG pixels")
+        per_byte = f", {t / len(data) * 1e9:.0f} ns a byte" if "noise" in what else ""
+        print(f"  {what}: {t * 1000:.1f} ms = {t / png * 2048**2 / 1e6:.2f} M PNG pixels{per_byte}")
 
 
 # ------------------------------------------------------------------------------------- one shape

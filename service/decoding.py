@@ -199,9 +199,17 @@ def parse_json(body: Buffer, max_images: int) -> ParsedRequest:
 
 
 def count_upto(data: Buffer, needles: tuple[bytes, ...], most: int) -> int:
-    """How often ``needles`` occur in ``data`` (each occurrence of each), the count stopping once past
-    ``most``; a slice of :data:`COUNT_SLICE` bytes at a time, so that the GIL is free between slices and
-    an absurd body is refused after its first slice."""
+    """How often ``needles`` occur in ``data``, a slice of :data:`COUNT_SLICE` bytes at a time (the GIL is
+    free between slices), stopping once past ``most`` (an absurd body is refused after its first slice).
+
+    Args:
+        data: the body.
+        needles: what to count (each occurrence of each).
+        most: the count past which counting stops.
+
+    Returns:
+        The count: exact when at most ``most``, otherwise some number above it.
+    """
     n, total = len(data), 0
     for start in range(0, n, COUNT_SLICE):
         for needle in needles:  # an occurrence is counted in the slice it starts in
@@ -219,6 +227,10 @@ def check_json_structure(body: Buffer, max_images: int) -> None:
     included: an upper bound on what parsing builds) the body is structure, not images. Parsing such
     structure costs a microsecond and tens of bytes a value, with the GIL held: 21 million ``[]`` froze
     the process for 14.5 s. Counting costs a pass over the bytes in C (:func:`count_upto`).
+
+    Args:
+        body: the JSON body.
+        max_images: the images a request may hold.
 
     Raises:
         ApiError: 413, naming the count that is over.
@@ -491,7 +503,11 @@ class Budget:
 
 
 class Held:
-    """What one request holds of a :class:`Budget`."""
+    """What one request holds of a :class:`Budget` (made by :meth:`Budget.hold`).
+
+    Args:
+        budget: the budget it is held from.
+    """
 
     def __init__(self, budget: Budget) -> None:
         self.budget = budget
@@ -500,6 +516,9 @@ class Held:
 
     def grow(self, amount: int) -> None:
         """Hold ``amount`` in all (never less than already held).
+
+        Args:
+            amount: what this request holds from now on.
 
         Raises:
             ApiError: 429 (``Retry-After: 1``) when it becomes costly and does not fit beside the others.

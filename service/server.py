@@ -68,7 +68,17 @@ _IDLE, _HEAD, _BODY = 0, 1, 2  # waiting for a request, reading its line and hea
 
 
 def error_bytes(status: int, message: str, type: str, retry_after: int | None = None) -> bytes:
-    """A whole HTTP/1.1 answer in the service's error shape, closing the connection."""
+    """A whole HTTP/1.1 answer in the service's error shape, closing the connection.
+
+    Args:
+        status: the HTTP status.
+        message: the error's one sentence.
+        type: the error type.
+        retry_after: seconds for a ``Retry-After`` header (None: none).
+
+    Returns:
+        The status line, headers and JSON body, ready to write.
+    """
     body = json.dumps(ApiError(status, type, message).body()).encode()
     retry = f"retry-after: {retry_after}\r\n" if retry_after is not None else ""
     head = (f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
@@ -98,9 +108,17 @@ def raise_fd_limit() -> int:
 
 
 def connection_cap(max_connections: int, fd_limit: int) -> int:
-    """The open connections a server takes: ``max_connections``, kept :data:`FD_RESERVE` (or an eighth
-    of ``fd_limit``) below the open-file limit so that a connection past the cap can still be accepted
-    and answered 503, rather than reset by the kernel."""
+    """The open connections a server takes.
+
+    Args:
+        max_connections: the setting (``SERVE_MAX_CONNECTIONS``).
+        fd_limit: the process's limit on open files.
+
+    Returns:
+        ``max_connections``, kept :data:`FD_RESERVE` (or an eighth of ``fd_limit``) below the open-file
+        limit, so that a connection past the cap can still be accepted and answered rather than reset by
+        the kernel; at least 1.
+    """
     return max(1, min(max_connections, fd_limit - max(FD_RESERVE, fd_limit // 8)))
 
 
@@ -169,7 +187,13 @@ class Connections:
 
 @dataclass(frozen=True)
 class ConnectionLimits:
-    """A connection's limits (see the module's docstring)."""
+    """A connection's limits (see the module's docstring).
+
+    Attributes:
+        max_header_bytes: a request's line, headers and trailers together, in bytes.
+        header_timeout_s: the time from a request's first byte (or the connection's start) to its headers'
+            end, and the time an unread body may take to arrive after the answer.
+    """
 
     max_header_bytes: int = 65_536
     header_timeout_s: float = 10.0
