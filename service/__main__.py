@@ -16,7 +16,7 @@ import uvicorn
 
 from pipeline.config import ConfigError
 from service.app import create_app
-from service.server import uvicorn_options
+from service.server import raise_fd_limit, uvicorn_options
 from service.settings import load_settings
 
 
@@ -50,9 +50,10 @@ def main(argv: list[str] | None = None) -> None:
     # service's messages; this way every logger shares one format.
     # The graceful shutdown outlasts a reload's deadline (reload_timeout_s < 30), so a reload in flight at
     # shutdown still gets its answer.
+    # Open files first: each connection is one, and past the limit the kernel resets new clients.
+    options = uvicorn_options(settings, raise_fd_limit())
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-                log_config=None, access_log=settings.access_log, timeout_graceful_shutdown=30,
-                **uvicorn_options(settings))
+                log_config=None, access_log=settings.access_log, timeout_graceful_shutdown=30, **options)
 
 
 if __name__ == "__main__":

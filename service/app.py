@@ -32,7 +32,7 @@ from pipeline.device import resolve_device
 from pipeline.tracking.registry import load_registered
 from pipeline.tracking.runs import bound_http_retries
 from service.batching import MicroBatcher
-from service.decoding import DecodeBudget, ParsedRequest, RequestDecoder, body_kind, read_body
+from service.decoding import Budget, ParsedRequest, RequestDecoder, body_kind, read_body
 from service.errors import ApiError, install_error_handler
 from service.metrics import Metrics, MetricsMiddleware
 from service.model_store import Loader, ModelStore, ServedModel
@@ -54,6 +54,10 @@ TITLE = "SparseHead embedding service"
 VERSION = "0.1.0"
 _SERIALISE_OFF_LOOP = 65_536  # floats in an answer above which JSON writing moves to a thread
 _ERRORS: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s in (404, 408, 413, 415, 422, 429, 503)}
+# Requests that decode to at most this many pixels, or send at most this many body bytes, are never
+# refused by the in-flight budgets (their own limits and the connection cap bound them).
+CHEAP_DECODE_PIXELS = 1 << 20
+CHEAP_BODY_BYTES = 1 << 16
 
 
 @dataclass
@@ -63,6 +67,7 @@ class Wiring:
     settings: Settings
     metrics: Metrics
     store: ModelStore
+    bodies: Budget  # bytes of request bodies in flight
     decoder: RequestDecoder
     batcher: MicroBatcher
 
@@ -90,13 +95,16 @@ def create_app(settings: Settings | None = None, loader: Loader = load_registere
         store = ModelStore(settings.model_uri, settings.tracking_uri, settings.device, metrics, loader,
                            reload_timeout_s=settings.reload_timeout_s, freeze=settings.freeze_model)
         limits = DecodeLimits(settings.max_image_bytes, settings.max_image_pixels, settings.max_decode_pixels)
+        pixels = Budget(settings.max_inflight_decode_pixels, CHEAP_DECODE_PIXELS, "pixels", "being decoded",
+                        "decode_busy", metrics.decode_pixels)
+        bodies = Budget(settings.inflight_body_bytes, CHEAP_BODY_BYTES, "bytes of request bodies", "held",
+                        "upload_busy", metrics.body_bytes)
         decoder = RequestDecoder(settings.max_images_per_request, limits, settings.max_request_decode_pixels,
-                                 DecodeBudget(settings.max_inflight_decode_pixels, metrics=metrics),
-                                 settings.decode_workers)
+                                 pixels, settings.decode_workers)
         batcher = MicroBatcher(lambda: store.current, max_batch_size=settings.max_batch_size,
                                max_wait_ms=settings.max_wait_ms, max_queue_images=settings.max_queue_images,
                                workers=settings.workers, metrics=metrics)
-        app.state.wiring = Wiring(settings, metrics, store, decoder, batcher)
+        app.state.wiring = Wiring(settings, metrics, store, bodies, decoder, batcher)
         await batcher.start()
         tasks = [asyncio.create_task(store.load_until_ready(), name="model-load")]
         if settings.reload_poll_s:
@@ -198,13 +206,13 @@ async def embeddings(request: Request) -> Response:
     content_type = request.headers.get("content-type", "")
     kind = body_kind(content_type)  # 415 before reading a byte of the body
     served = w.store.serving()  # the images are decoded for this model's input, and embedded by it
-    body = await read_body(request, settings.max_request_bytes, settings.body_timeout_s)
-
-    decode_started = time.perf_counter()
-    decoded = await w.decoder.decode(body, kind, content_type, served.spec,
-                                     check=lambda parsed: _check_model(served, parsed),
-                                     before_decoding=w.batcher.ensure_room)  # a full queue refuses first
-    del body
+    with w.bodies.hold() as held:  # until the body is parsed and its images decoded
+        body = await read_body(request, settings.max_request_bytes, settings.body_timeout_s, held)
+        decode_started = time.perf_counter()
+        decoded = await w.decoder.decode(body, kind, content_type, served.spec,
+                                         check=lambda parsed: _check_model(served, parsed),
+                                         before_decoding=w.batcher.ensure_room)  # a full queue refuses first
+        del body
     decode_s = time.perf_counter() - decode_started
 
     parsed = decoded.parsed
@@ -216,7 +224,7 @@ async def embeddings(request: Request) -> Response:
     model = (lm.name or lm.uri) if parsed.openai else out.model.ref
     if rows.size > _SERIALISE_OFF_LOOP:
         content = await asyncio.get_running_loop().run_in_executor(
-            w.decoder.probe_pool, embeddings_body, rows, model, parsed.layer, parsed.encoding_format)
+            w.decoder.cheap_pool, embeddings_body, rows, model, parsed.layer, parsed.encoding_format)
     else:  # a thread hop costs more than writing a few thousand numbers
         content = embeddings_body(rows, model, parsed.layer, parsed.encoding_format)
     w.metrics.images.labels(parsed.layer).inc(len(rows))

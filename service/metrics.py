@@ -49,6 +49,9 @@ class Metrics:
         self.decode_pixels = Gauge(f"{prefix}_decode_pixels",
                                    "Pixels being decoded by requests in flight (the decode budget in use).",
                                    registry=r)
+        self.body_bytes = Gauge(f"{prefix}_body_bytes",
+                                "Bytes of request bodies held by requests in flight (the body budget in use).",
+                                registry=r)
         self.rejected = Counter(f"{prefix}_rejected", "Requests refused before inference, by reason.",
                                 ["reason"], registry=r)
         self.model_info = Gauge(f"{prefix}_model_info", "The served model (value 1).",

@@ -27,7 +27,7 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipeline.data.decode import FORMATS
+from pipeline.data.decode import LIMITED_FORMATS
 from pipeline.data.preprocess import InputSpec
 from pipeline.device import resolve_device
 from pipeline.embed import Embedder
@@ -106,7 +106,7 @@ class ServedModel:
             "dataset": pick("dataset"), "dataset_sha256": pick("dataset_sha256", "sha256"),
             "git_commit": pick("git_commit"),
             "input": {"image_size": self.spec.image_size, "channels": self.spec.channels,
-                      "format": f"an image file ({', '.join(FORMATS)}) or raw uint8 [H, W] / [H, W, C]; "
+                      "format": f"an image file ({', '.join(LIMITED_FORMATS)}) or raw uint8 [H, W] / [H, W, C]; "
                                 f"resized to {self.spec.image_size}x{self.spec.image_size}x{self.spec.channels}"},
             "dimensions": self.dimensions,
             "metrics": metrics,

@@ -27,6 +27,9 @@ class Settings(ServeConfig):
     tracking_uri: str = "sqlite:///mlflow.db"
     device: str = "cpu"  # cpu | cuda | cuda:N | auto
     max_request_bytes: int = Field(64 * 1024 * 1024, gt=0)  # whole HTTP body, before any parsing
+    # Bodies all requests in flight may hold (past it: 429; unset: two full requests); bodies up to 64 KiB
+    # are never refused there (see service.decoding.Budget).
+    max_inflight_body_bytes: int | None = Field(None, gt=0)
     # When set, /admin/reload needs "Authorization: Bearer <token>"; unset, the admin routes are only
     # served on a loopback address (anywhere else they answer 403, see service.admin).
     admin_token: str | None = None
@@ -45,7 +48,10 @@ class Settings(ServeConfig):
     max_inflight_decode_pixels: int = Field(67_108_864, gt=0)  # 2 such requests
     # The connection (see service.server): a request's header block, its header and body read times;
     # http: "guarded" (httptools with those limits) or "h11" (uvicorn's h11, its public size limit only).
+    # max_connections: open connections (kept below the open-file limit; past it, one waiting for a request
+    # is closed to make room, or 503).
     http: Literal["guarded", "h11"] = "guarded"
+    max_connections: int = Field(1024, gt=0)
     max_header_bytes: int = Field(65_536, gt=0)
     header_timeout_s: float = Field(10.0, gt=0)
     body_timeout_s: float = Field(30.0, gt=0)
@@ -68,6 +74,9 @@ class Settings(ServeConfig):
         if self.max_queue_images < self.max_images_per_request:
             raise ValueError(f"max_queue_images ({self.max_queue_images}) must be >= max_images_per_request "
                              f"({self.max_images_per_request})")
+        if self.inflight_body_bytes < self.max_request_bytes:
+            raise ValueError(f"max_inflight_body_bytes ({self.max_inflight_body_bytes}) must be >= "
+                             f"max_request_bytes ({self.max_request_bytes})")
         # Likewise for the decode budgets: a request that fits the per-request budget must fit in flight.
         if not self.max_decode_pixels <= self.max_request_decode_pixels <= self.max_inflight_decode_pixels:
             raise ValueError(f"decode budgets must grow: max_decode_pixels ({self.max_decode_pixels}) <= "
@@ -75,6 +84,11 @@ class Settings(ServeConfig):
                              f"max_inflight_decode_pixels ({self.max_inflight_decode_pixels})")
         return self
 
+    @property
+    def inflight_body_bytes(self) -> int:
+        """The bytes of bodies all requests in flight may hold: ``max_inflight_body_bytes``, or two
+        requests of ``max_request_bytes``."""
+        return self.max_inflight_body_bytes or 2 * self.max_request_bytes
 
     @property
     def admin_enabled(self) -> bool:

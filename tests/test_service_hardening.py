@@ -8,7 +8,8 @@
 - an aborted upload is a 499 in the metrics and one log line, not a 500 and two tracebacks;
 - admin routes are off on a non-loopback address without a token;
 - /health and /info as text-embeddings-inference has them;
-- a Hypothesis fuzz of /v1/embeddings: never a 5xx, never a hang.
+- a Hypothesis fuzz of /v1/embeddings (huge integers and boundaries of up to 400 characters among its
+  values; trailers are fuzzed in test_service_flood.py): never a 5xx, never a hang.
 """
 
 # The store fixture is imported from test_service and taken as a parameter by name, which ruff reads as a
@@ -46,7 +47,7 @@ from pipeline.data.decode import DecodeLimits, open_image
 from pipeline.tracking.registry import LoadedModel, load_registered
 from pipeline.tracking.runs import bound_http_retries
 from service.app import create_app
-from service.server import uvicorn_options
+from service.server import ConnectionLimits, uvicorn_options
 from service.settings import is_loopback
 from tests.servers import free_port
 from tests.test_service import (  # noqa: F401 - store is a fixture
@@ -330,8 +331,12 @@ def test_an_aborted_upload_is_a_499_and_one_log_line_not_a_500(server):
 
 
 def test_uvicorn_options_pick_the_guarded_httptools_protocol_or_h11_with_its_limit(store):
-    opts = uvicorn_options(make_settings(store, max_header_bytes=1234, header_timeout_s=2.5))
-    assert opts["http"].max_header_bytes == 1234 and opts["http"].header_timeout_s == 2.5
+    opts = uvicorn_options(make_settings(store, max_header_bytes=1234, header_timeout_s=2.5, max_connections=500),
+                           fd_limit=20_000)
+    assert opts["http"].limits == ConnectionLimits(1234, 2.5)
+    assert opts["http"].registry.cap == 500
+    # under the common limit of 1,024 open files, an eighth of them is kept for the rest of the process
+    assert uvicorn_options(make_settings(store), fd_limit=1024)["http"].registry.cap == 1024 - 128
     opts = uvicorn_options(make_settings(store, http="h11", max_header_bytes=1234))
     assert opts == {"http": "h11", "h11_max_incomplete_event_size": 1234}
 
@@ -499,14 +504,17 @@ def test_health_is_503_until_the_model_has_loaded(store):
 
 # --------------------------------------------------------------------------------------------- fuzz
 
+# Integers of thousands of digits (under Python's 4,300-digit str() limit): a shape of two 2,200-digit
+# integers once made the error message's product a 500.
+_huge_ints = st.integers(-(10**4000), 10**4000)
 _json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    st.none() | st.booleans() | st.integers() | _huge_ints | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=12)
 _image_like = st.one_of(
     st.just(GOOD), st.binary(max_size=64).map(b64), st.text(max_size=40),
     st.builds(lambda d, shape: {"data": d, "shape": shape}, st.binary(max_size=64).map(b64),
-              st.lists(st.integers(-2, 10**6), max_size=4)),
+              st.lists(st.integers(-2, 10**6) | _huge_ints, max_size=4)),
     st.sampled_from([b64(png_header_only(5000, 5000)), b64(png(np.zeros((3, 3, 3), np.uint8))),
                      "data:image/png;base64," + GOOD, b64(png(np.zeros((SIDE, SIDE, 1), np.uint8), "JPEG"))]),
     _json_values)
@@ -534,11 +542,18 @@ def test_fuzz_json_bodies(client, body):
     _assert_answered(client.post("/v1/embeddings", json=body))
 
 
+# Boundaries up to 400 characters (python-multipart takes 256 at most; one of 300 was once a 500), plain,
+# quoted or with odd characters.
+_boundaries = st.text(st.characters(min_codepoint=32, max_codepoint=126), min_size=1, max_size=400)
+_multipart_types = st.one_of(_boundaries.map(lambda b: f"multipart/form-data; boundary={b}"),
+                             _boundaries.map(lambda b: f'multipart/form-data; boundary="{b}"'))
+
+
 @pytest.mark.timeout(120)
 @_FUZZ
-@given(data=st.binary(max_size=300), ctype=st.sampled_from(
+@given(data=st.binary(max_size=300), ctype=st.one_of(st.sampled_from(
     ["application/json", "multipart/form-data; boundary=xyz", "multipart/form-data", "text/plain", "",
-     "application/vnd.x+json", "multipart/form-data; boundary="]))
+     "application/vnd.x+json", "multipart/form-data; boundary="]), _multipart_types))
 def test_fuzz_raw_bytes(client, data, ctype):
     headers = {"content-type": ctype} if ctype else {}
     _assert_answered(client.post("/v1/embeddings", content=data, headers=headers))
@@ -553,9 +568,10 @@ _parts = st.lists(st.tuples(
 
 @pytest.mark.timeout(120)
 @_FUZZ
-@given(parts=_parts, truncate=st.integers(0, 40))
-def test_fuzz_multipart_bodies(client, parts, truncate):
-    boundary = b"fuzzboundary"
+@given(parts=_parts, truncate=st.integers(0, 40),
+       boundary=st.just(b"fuzzboundary") | st.binary(min_size=1, max_size=400).filter(
+           lambda b: not any(c in b for c in b'\r\n";\\')))
+def test_fuzz_multipart_bodies(client, parts, truncate, boundary):
     body = b""
     for name, filename, data in parts:
         disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename is not None else "")
@@ -564,5 +580,5 @@ def test_fuzz_multipart_bodies(client, parts, truncate):
     body += b"--" + boundary + b"--\r\n"
     if truncate:
         body = body[:-truncate]
-    _assert_answered(client.post("/v1/embeddings", content=body,
-                                 headers={"content-type": "multipart/form-data; boundary=fuzzboundary"}))
+    ctype = b'multipart/form-data; boundary="' + boundary + b'"'
+    _assert_answered(client.post("/v1/embeddings", content=body, headers={"content-type": ctype}))
