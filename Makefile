@@ -66,10 +66,12 @@ postgres:
 
 test: $(STAMP) postgres
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 serve: $(STAMP)
 	$(BIN)/python -m service

@@ -2,7 +2,9 @@
 
 Every field can be overridden by ``SERVE_<FIELD>`` (e.g. ``SERVE_MODEL_URI``, ``SERVE_PORT``,
 ``SERVE_MAX_BATCH_SIZE``); the tracking URI comes from ``MLFLOW_TRACKING_URI`` or the pipeline's
-``tracking.tracking_uri`` (the embedded ``sqlite:///mlflow.db``), exactly as the stages resolve it.
+``tracking.tracking_uri`` (the embedded ``sqlite:///mlflow.db``), exactly as the stages resolve it: a
+relative local store is anchored at the project that holds the params file (``pipeline.stores``), so the
+service finds the registry whatever folder it starts in.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from pipeline.config import ConfigError, ServeConfig, load_params
+from pipeline.stores import project_location, project_root
 
 ENV_PREFIX = "SERVE_"
 
@@ -125,8 +128,11 @@ def load_settings(params_path: str | Path | None = None, env: Mapping[str, str] 
     params_path = params_path or env.get(ENV_PREFIX + "PARAMS", "params.yaml")
     params = load_params(params_path)
     values: dict[str, object] = params.serve.model_dump()
-    # From ``env`` only (not tracking_uri(), which reads os.environ), so an explicit env is the whole truth.
-    values["tracking_uri"] = env.get("MLFLOW_TRACKING_URI") or params.tracking.tracking_uri
+    # From ``env`` only (not tracking_uri(), which reads os.environ), so an explicit env is the whole truth;
+    # a relative local store is anchored where the stages anchor it: the project of the params file.
+    uri = env.get("MLFLOW_TRACKING_URI") or params.tracking.tracking_uri
+    root = project_root(env, Path(params_path).resolve().parent)
+    values["tracking_uri"] = uri if uri.startswith("databricks") else project_location(uri, root)
     for name in Settings.model_fields:
         key = ENV_PREFIX + name.upper()
         if key in env:

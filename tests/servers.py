@@ -14,6 +14,7 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -202,3 +203,58 @@ def mlflow_server(postgres: Postgres) -> Iterator[MlflowServer]:
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def service_process(tracking_uri: str, model_uri: str, log: Path, extra_env: dict[str, str] | None = None,
+                    files: tuple[int, int] | None = None, start_s: float = 180) -> Iterator[tuple[int, subprocess.Popen]]:
+    """``python -m service`` on a free loopback port, serving ``model_uri``, until it is ready.
+
+    Args:
+        tracking_uri: the MLflow store holding the model.
+        model_uri: what it serves (``models:/name@alias``).
+        log: where its stdout and stderr go.
+        extra_env: ``SERVE_*`` settings on top of the test defaults (one torch thread, no access log).
+        files: its (soft, hard) limit on open files; None leaves the test process's.
+        start_s: how long it may take to answer ``/readyz`` 200.
+
+    Yields:
+        (port, process); on exit the process gets SIGTERM (killed after 30 s) unless it has ended.
+    """
+    import httpx
+
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "SERVE_MODEL_URI": model_uri,
+           "SERVE_PARAMS": "/nonexistent/params.yaml", "SERVE_HOST": "127.0.0.1", "SERVE_PORT": str(port),
+           "SERVE_TORCH_THREADS": "1", "SERVE_LOG_LEVEL": "info", "SERVE_ACCESS_LOG": "false", **(extra_env or {})}
+
+    def limit_files() -> None:
+        if files is not None:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_NOFILE, files)
+
+    repo = Path(__file__).resolve().parents[1]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=repo, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, preexec_fn=limit_files if files is not None else None)
+    try:
+        deadline = time.monotonic() + start_s
+        while True:
+            assert proc.poll() is None, f"the service exited: {log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"the service never became ready: {log.read_text()[-3000:]}"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass  # not listening yet
+            time.sleep(0.1)
+        yield port, proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

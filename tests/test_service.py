@@ -7,11 +7,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import os
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 import zlib
@@ -37,7 +34,7 @@ from pipeline.models import Encoder, EncoderSpec
 from pipeline.tracking.registry import LoadedModel, load_registered, log_encoder_model, register_encoder
 from service.app import create_app
 from service.settings import Settings, load_settings
-from tests.servers import free_port
+from tests.servers import service_process
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "sparsehead-encoder"
@@ -476,7 +473,9 @@ def test_settings_come_from_the_environment_and_are_checked(store):
            "SERVE_RELOAD_POLL_S": "", "SERVE_ADMIN_TOKEN": "t"}
     s = load_settings(params_path="/nonexistent/params.yaml", env=env)
     assert (s.max_batch_size, s.model_uri, s.tracking_uri, s.reload_poll_s, s.admin_token) == \
-        (16, "models:/x@y", "sqlite:///a.db", None, "t")
+        (16, "models:/x@y", "sqlite:////nonexistent/a.db", None, "t")  # anchored at the params' project
+    assert load_settings(params_path="/nonexistent/params.yaml",
+                         env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"}).tracking_uri == "http://127.0.0.1:5000"
     assert load_settings(params_path="/nonexistent/params.yaml", env={}).model_uri == store.model_uri
     with pytest.raises(ConfigError, match="SERVE_MAX_BATCH_SIZE"):
         load_settings(params_path="/nonexistent/params.yaml", env={"SERVE_MAX_BATCH_SIZE": "lots"})
@@ -617,36 +616,14 @@ def test_a_configured_poll_follows_the_alias(store):
 
 @pytest.fixture()
 def server(store, tmp_path) -> Iterator[str]:
-    port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store.tracking_uri, "SERVE_MODEL_URI": store.model_uri,
-           "SERVE_PARAMS": "/nonexistent/params.yaml", "SERVE_HOST": "127.0.0.1", "SERVE_PORT": str(port),
-           "SERVE_TORCH_THREADS": "1", "SERVE_LOG_LEVEL": "info", "SERVE_ACCESS_LOG": "false",
-           "SERVE_MAX_IMAGES_PER_REQUEST": "8"}
     log = tmp_path / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + WAIT_S
-        while True:
-            assert proc.poll() is None, f"the service exited: {log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"the service never became ready: {log.read_text()[-3000:]}"
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass  # not listening yet
-            time.sleep(0.1)
-        yield url
+    with service_process(store.tracking_uri, store.model_uri, log, {"SERVE_MAX_IMAGES_PER_REQUEST": "8"},
+                         start_s=WAIT_S) as (port, proc):
+        yield f"http://127.0.0.1:{port}"
         proc.send_signal(signal.SIGTERM)
         # uvicorn stops gracefully, then exits with the signal's status (-15) or 0, by version.
         assert proc.wait(timeout=30) in (0, -signal.SIGTERM), log.read_text()[-3000:]
         assert "Application shutdown complete" in log.read_text()  # the lifespan's shutdown ran
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_a_real_uvicorn_process_serves_the_same_embeddings(server, store):

@@ -21,11 +21,7 @@ import io
 import json
 import os
 import re
-import resource
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -41,7 +37,7 @@ from PIL import Image
 from bench import serve_hostile as hostile
 from bench.serve_flood import reset_peak, rss_mb
 from service.app import create_app
-from tests.servers import free_port
+from tests.servers import service_process
 from tests.test_service import (  # noqa: F401 - store is a fixture
     GOOD,
     REPO,
@@ -215,38 +211,9 @@ def serve(store: Store, tmp: Path, extra_env: dict[str, str],
           files: tuple[int, int] | None = None) -> Iterator[tuple[int, int, Path]]:
     """``python -m service`` until ready -> (port, pid, log); ``files``: its (soft, hard) limit on open
     files."""
-    port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store.tracking_uri, "SERVE_MODEL_URI": store.model_uri,
-           "SERVE_PARAMS": "/nonexistent/params.yaml", "SERVE_HOST": "127.0.0.1", "SERVE_PORT": str(port),
-           "SERVE_TORCH_THREADS": "1", "SERVE_LOG_LEVEL": "info", "SERVE_ACCESS_LOG": "false", **extra_env}
     log = tmp / "server.log"
-
-    def limit_files() -> None:
-        if files is not None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, files)
-
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, preexec_fn=limit_files)
-    try:
-        deadline = time.monotonic() + START_S
-        while True:
-            assert proc.poll() is None, f"the service exited: {log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"the service never became ready: {log.read_text()[-3000:]}"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+    with service_process(store.tracking_uri, store.model_uri, log, extra_env, files, START_S) as (port, proc):
         yield port, proc.pid, log
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def good_ms(port: int) -> float:

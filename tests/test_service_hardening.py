@@ -22,11 +22,7 @@ import asyncio
 import io
 import json
 import logging
-import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -49,7 +45,7 @@ from pipeline.tracking.runs import bound_http_retries
 from service.app import create_app
 from service.server import ConnectionLimits, uvicorn_options
 from service.settings import is_loopback
-from tests.servers import free_port
+from tests.servers import free_port, service_process
 from tests.test_service import (  # noqa: F401 - store is a fixture
     GOOD,
     REPO,
@@ -206,34 +202,11 @@ def test_past_the_in_flight_decode_budget_costly_requests_get_429_and_small_ones
 @pytest.fixture(scope="module")
 def server(store: Store, tmp_path_factory) -> Iterator[tuple[int, Path]]:
     """``python -m service`` on a free loopback port with short header and body timeouts."""
-    port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store.tracking_uri, "SERVE_MODEL_URI": store.model_uri,
-           "SERVE_PARAMS": "/nonexistent/params.yaml", "SERVE_HOST": "127.0.0.1", "SERVE_PORT": str(port),
-           "SERVE_TORCH_THREADS": "1", "SERVE_LOG_LEVEL": "info", "SERVE_ACCESS_LOG": "false",
-           "SERVE_HEADER_TIMEOUT_S": "1", "SERVE_BODY_TIMEOUT_S": "1", "SERVE_MAX_HEADER_BYTES": "16384"}
     log = tmp_path_factory.mktemp("server") / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + START_S
-        while True:
-            assert proc.poll() is None, f"the service exited: {log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"the service never became ready: {log.read_text()[-3000:]}"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+    with service_process(store.tracking_uri, store.model_uri, log,
+                         {"SERVE_HEADER_TIMEOUT_S": "1", "SERVE_BODY_TIMEOUT_S": "1",
+                          "SERVE_MAX_HEADER_BYTES": "16384"}, start_s=START_S) as (port, _):
         yield port, log
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def read_answer(sock: socket.socket) -> bytes:

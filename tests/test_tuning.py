@@ -135,7 +135,7 @@ def test_study_leaves_trials_nested_runs_baseline_and_report(workdir):
     assert on_disk["lambda"] == chosen.user_attrs[LAMBDA_ATTR]
     assert on_disk["baseline"] == (chosen.number == 0) and on_disk["study"] == study.study_name
     tune = json.loads(Path("metrics/tune.json").read_text())
-    assert tune == metrics
+    assert tune == metrics and tune["mlflow_parent_run_id"] == outcome.parent_run_id
     assert tune["baseline_mean"] == base.value and tune["seeds"] == len(SEEDS)
     assert tune["gap_mean"] == pytest.approx(study.best_value - base.value)
     assert tune["gap_ci95_low"] <= tune["gap_mean"] <= tune["gap_ci95_high"]
@@ -359,3 +359,20 @@ def test_several_methods_each_get_a_baseline_and_the_gap_pairs_within_a_method(w
         assert metrics["gap_mean"] == pytest.approx(expected)
     methods = {row.split(",")[2] for row in Path("plots/tune/trials.csv").read_text().splitlines()[1:]}
     assert methods == {"simclr", "vicreg"}
+
+
+def test_the_study_is_the_same_whatever_the_run_budget_place_or_watching(tmp_path):
+    from pipeline.tuning.space import study_identity
+
+    base = Params()
+    same = study_identity(base, "sha")
+
+    def changed(**pretrain) -> dict:
+        return study_identity(base.model_copy(update={"pretrain": base.pretrain.model_copy(update=pretrain)}), "sha")
+
+    # How long the full run is, where it runs and how often it is watched leave every trial's value alone.
+    for update in ({"monitor_every": 3}, {"epochs": 7}, {"device": "cuda"}, {"num_threads": 1}):
+        assert changed(**update) == same, update
+    # What shapes the training does not.
+    assert changed(batch_size=base.pretrain.batch_size * 2) != same
+    assert study_identity(base, "other") != same

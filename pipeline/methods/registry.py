@@ -6,10 +6,12 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pipeline.config import SSLConfig
+from pydantic import BaseModel
+
 from pipeline.errors import UserError
 
 if TYPE_CHECKING:
+    from pipeline.config import SSLConfig
     from pipeline.methods.base import Method
     from pipeline.models.encoder import Encoder
 
@@ -19,6 +21,12 @@ _REGISTRY: dict[str, type[Method[Any]]] = {}
 METHODS: Mapping[str, type[Method[Any]]] = MappingProxyType(_REGISTRY)
 
 M = TypeVar("M", bound="type[Method[Any]]")
+
+# The names of pipeline.config.SSLConfig's own fields and methods: a method's name keys its section of
+# that config, so it must not shadow them (nor pydantic's BaseModel attributes). Listed here rather than
+# read from SSLConfig because the config imports this registry to validate itself;
+# tests/methods/test_adding_a_method.py checks the list against SSLConfig.
+SSL_CONFIG_NAMES = frozenset({"method", "section"})
 
 
 def register_method(cls: M) -> M:
@@ -39,7 +47,8 @@ def register_method(cls: M) -> M:
     """
     name = getattr(cls, "name", None)
     # The name keys the method's section of SSLConfig: it must not shadow the config's own attributes.
-    if not isinstance(name, str) or not name.isidentifier() or name == "method" or hasattr(SSLConfig, name):
+    if (not isinstance(name, str) or not name.isidentifier() or name in SSL_CONFIG_NAMES
+            or hasattr(BaseModel, name)):
         raise ValueError(f"{cls.__name__}.name must be a Python identifier that is not a pretrain.ssl key or "
                          f"an SSLConfig attribute, got {name!r}")
     held = _REGISTRY.get(name)

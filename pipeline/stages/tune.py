@@ -6,12 +6,14 @@ study; each worker writes the report when it stops, the last one the complete on
 
 from __future__ import annotations
 
+from typing import Any
+
 from pipeline.config import Params
 from pipeline.tuning.report import write_report
 from pipeline.tuning.worker import run_tuning
 
 
-def summary(best: dict, m: dict[str, float]) -> str:
+def summary(best: dict, m: dict[str, Any]) -> str:
     """The stage's one-line answer: what was chosen and why, the figures over seeds, and the trial counts.
 
     Args:

@@ -5,6 +5,7 @@ The README ("Tuning lambda") describes each file."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pipeline.config import Params
 from pipeline.io import write_json
@@ -16,7 +17,7 @@ from pipeline.tuning.table import trial_rows, write_trials_csv
 from pipeline.tuning.worker import TuneOutcome
 
 
-def write_report(outcome: TuneOutcome, params: Params) -> tuple[dict, dict[str, float]]:
+def write_report(outcome: TuneOutcome, params: Params) -> tuple[dict, dict[str, Any]]:
     """Write every output of the study and log it to its MLflow parent run.
 
     Args:
@@ -46,10 +47,12 @@ def write_report(outcome: TuneOutcome, params: Params) -> tuple[dict, dict[str, 
     else:
         (plots_dir / "importances.png").unlink(missing_ok=True)  # a stale one would describe another study
     write_json(t.best_params, best)
-    write_json(t.out_metrics, metrics)
+    # The study's MLflow parent run beside its figures, as pretrain's metrics name their run.
+    written: dict[str, Any] = {**metrics, "mlflow_parent_run_id": outcome.parent_run_id}
+    write_json(t.out_metrics, written)
     log_study_report(params, outcome.parent_run_id, {**metrics, "seconds": outcome.seconds},
                      {"best.trial": str(ans.best.number), "choice": best["choice"], "choice.reason": best["reason"],
                       "chosen.trial": str(best["trial"]), "chosen.lambda": str(best["lambda"]),
                       "chosen.method": best["method"]},
                      [*files, Path(t.best_params), Path(t.out_metrics)])
-    return best, metrics
+    return best, written

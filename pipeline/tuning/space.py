@@ -155,9 +155,10 @@ def trial_pretrain_config(base: PretrainConfig, choice: TrialChoice, epochs: int
 def study_identity(params: Params, dataset_sha256: str) -> dict:
     """What a trial's value depends on besides what it draws."""
     t, ev = params.tune, params.evaluate
-    # The searched fields, the full-run budget and where/how it runs do not change a trial's value.
+    # The searched fields, the full-run budget, where/how it runs and how often it is watched (the monitor
+    # reads the model, never its RNG) do not change a trial's value.
     pretrain = params.pretrain.model_dump(
-        by_alias=True, exclude={"epochs", "out_dir", "device", "num_threads", "channels_last"})
+        by_alias=True, exclude={"epochs", "out_dir", "device", "num_threads", "channels_last", "monitor_every"})
     # Searched or fixed by the trial: only include_predictor of the SparseHead section changes a value.
     pretrain["sparsehead"] = {"include_predictor": params.pretrain.sparsehead.include_predictor}
     if t.methods is not None:

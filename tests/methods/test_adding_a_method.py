@@ -101,5 +101,20 @@ def test_old_flat_keys_name_their_new_place(tmp_path):
                                   f"section now; this key moved to {place}")
     with pytest.raises(ConfigError, match=r"pretrain\.ssl\.nope: not a registered method"):
         load_params(write_params(tmp_path, {"method": "simclr", "nope": {}}))
-    with pytest.raises(ValueError, match="must be a Python identifier"):
-        register_method(type("Bad", (AlignUniform,), {"name": "method"}))
+    for shadowing in ("method", "section", "model_dump", "not an identifier"):
+        with pytest.raises(ValueError, match="must be a Python identifier"):
+            register_method(type("Bad", (AlignUniform,), {"name": shadowing}))
+    assert "method" not in METHODS and "section" not in METHODS
+
+
+def test_the_names_a_method_may_not_take_are_every_name_of_ssl_config() -> None:
+    # The registry lists SSLConfig's own names (it cannot import the config that imports it): the list
+    # must follow the class.
+    from pydantic import BaseModel
+
+    from pipeline.config import SSLConfig
+    from pipeline.methods.registry import SSL_CONFIG_NAMES
+
+    own = {n for n in dir(SSLConfig) if not n.startswith("_") and not hasattr(BaseModel, n)}
+    own |= set(SSLConfig.model_fields)
+    assert own == SSL_CONFIG_NAMES
