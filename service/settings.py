@@ -18,7 +18,8 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from pipeline.config import ConfigError, ServeConfig, load_params
-from pipeline.stores import project_location, project_root
+from pipeline.stores import project_root
+from pipeline.tracking.runs import anchored_uri
 
 ENV_PREFIX = "SERVE_"
 
@@ -131,8 +132,7 @@ def load_settings(params_path: str | Path | None = None, env: Mapping[str, str] 
     # From ``env`` only (not tracking_uri(), which reads os.environ), so an explicit env is the whole truth;
     # a relative local store is anchored where the stages anchor it: the project of the params file.
     uri = env.get("MLFLOW_TRACKING_URI") or params.tracking.tracking_uri
-    root = project_root(env, Path(params_path).resolve().parent)
-    values["tracking_uri"] = uri if uri.startswith("databricks") else project_location(uri, root)
+    values["tracking_uri"] = anchored_uri(uri, project_root(env, Path(params_path).resolve().parent))
     for name in Settings.model_fields:
         key = ENV_PREFIX + name.upper()
         if key in env:

@@ -37,9 +37,21 @@ HOST_TAG, PID_TAG = "host", "pid"
 
 def tracking_uri(cfg: TrackingConfig) -> str:
     """The tracking (and registry) URI: ``MLFLOW_TRACKING_URI`` or ``tracking.tracking_uri``, a relative
-    local store anchored at the project's root (:func:`pipeline.stores.project_location`)."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
-    return uri if uri.startswith("databricks") else project_location(uri)
+    local store anchored at the project's root (:func:`anchored_uri`)."""
+    return anchored_uri(os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri)
+
+
+def anchored_uri(uri: str, root: str | Path | None = None) -> str:
+    """A tracking URI with a relative local store made absolute under the project's root.
+
+    Args:
+        uri: a tracking URI as params.yaml or ``MLFLOW_TRACKING_URI`` gives it.
+        root: the project's root (default: :func:`pipeline.stores.project_root`).
+
+    Returns:
+        The URI, anchored (a server or ``databricks`` URI unchanged).
+    """
+    return uri if uri.startswith("databricks") else project_location(uri, root)
 
 
 def setup(cfg: TrackingConfig, experiment: str | None = None) -> str:
