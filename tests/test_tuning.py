@@ -21,7 +21,8 @@ from pipeline.cli import StageError, stage_main
 from pipeline.config import Params, load_params
 from pipeline.stages.tune import run as tune_body
 from pipeline.tracking.trials import PARENT_ATTR, PARENT_RUN_TAG, RUN_ATTR, STATE_TAG
-from pipeline.tuning.objective import SEED_VALUES_ATTR, VALUE_SD_ATTR, TuneData
+from pipeline.tuning.objective import SEED_VALUES_ATTR, VALUE_SD_ATTR, Objective, TuneData
+from pipeline.tuning.recovery import RetryStaleTrial
 from pipeline.tuning.report import write_report
 from pipeline.tuning.selection import objective_resolution
 from pipeline.tuning.space import BASELINE_ATTR, LAMBDA_ATTR, METHOD_ATTR, study_name
@@ -238,6 +239,45 @@ def test_a_trial_whose_worker_died_is_failed_and_redone(workdir, storage):
     assert outcome.counts.complete == 2 and outcome.counts.running == 0
     # Queued again as Optuna's stale-trial retry does it, then redone: the budget stays exact.
     assert [t.system_attrs.get("failed_trial") for t in trials].count(orphan.number) == 1
+
+
+@pytest.mark.parametrize("when", ["mid-training", "after-training"])
+def test_a_live_worker_whose_trial_was_failed_as_stale_goes_on(workdir, monkeypatch, caplog, when):
+    # Another worker's heartbeat check fails this worker's trial (its heartbeat stalled past the grace on a
+    # starved machine) and queues it again, as RetryStaleTrial does; mid-training the trial's next write then
+    # fails, after training only Optuna's tell does.
+    params = write_params(workdir, n_trials=2, seeds=[0])
+    train = Objective._run
+    lost: list[int] = []
+
+    def fail_from_outside(trial: optuna.Trial) -> None:
+        study = trial.study
+        study.tell(trial.number, state=TrialState.FAIL)
+        RetryStaleTrial(max_retry=3)(study, study.get_trials(deepcopy=False)[trial.number])
+        lost.append(trial.number)
+
+    def stalled(self, trial, choice):
+        if not lost and when == "mid-training":
+            fail_from_outside(trial)
+        value = train(self, trial, choice)
+        if not lost:
+            fail_from_outside(trial)
+        return value
+
+    monkeypatch.setattr(Objective, "_run", stalled)
+    caplog.set_level("WARNING")
+    outcome = run_tuning(params, progress=False)
+    trials = outcome.study.get_trials()
+    assert [t.number for t in trials if t.state == TrialState.FAIL] == lost == [0]
+    assert outcome.counts.complete == 2 and outcome.counts.running == 0  # the budget, exact
+    redo = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
+    assert len(redo) == 1 and redo[0].state == TrialState.COMPLETE and redo[0].params == trials[0].params
+    assert "another worker failed this trial as stale" in caplog.text
+    client = MlflowClient(tracking_uri=params.tracking.tracking_uri)
+    run = client.get_run(trials[0].user_attrs[RUN_ATTR])
+    assert run.info.status == "FAILED" and run.data.tags[STATE_TAG] == "FAIL"
+    for t in trials[1:]:
+        assert client.get_run(t.user_attrs[RUN_ATTR]).info.status == "FINISHED"
 
 
 def test_stage_writes_outputs_and_rejects_a_bad_range(workdir, capsys):

@@ -105,12 +105,18 @@ def _end(run: mlflow.ActiveRun, state: str) -> None:
     mlflow.end_run(RUN_STATUS[state])
 
 
-def mark_failed(run_id: str | None, reason: str) -> None:
-    """Close the MLflow run of a trial that was failed from outside (its worker died)."""
+def mark_failed(run_id: str | None, reason: str, *, only_if: str | None = None) -> None:
+    """Close the MLflow run of a trial that was failed from outside (its worker died).
+
+    Args:
+        run_id: The trial's run (None or empty: nothing to do).
+        reason: The run's ``error`` tag.
+        only_if: Change the run only when its status is this one (None: whatever it is).
+    """
     if not run_id:
         return
     client = MlflowClient()
-    if _exists(client, run_id):
+    if _exists(client, run_id) and (only_if is None or client.get_run(run_id).info.status == only_if):
         client.set_tag(run_id, STATE_TAG, "FAIL")
         client.set_tag(run_id, "error", reason)
         client.set_terminated(run_id, RUN_STATUS["FAIL"])

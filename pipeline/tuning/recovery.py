@@ -19,7 +19,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.tracking.runs import pid_alive
-from pipeline.tracking.trials import RUN_ATTR, mark_failed
+from pipeline.tracking.trials import RUN_ATTR, RUN_STATUS, mark_failed
 from pipeline.tuning.study import WORKER_ATTR
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,19 @@ class RetryStaleTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
         trial = copy.deepcopy(trial)
         trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in self.RUN_LOCAL}
         super().__call__(study, trial)
+
+
+def close_lost_runs(study: optuna.Study, worker: str) -> None:
+    """Mark FAILED the MLflow runs that ``worker`` ended FINISHED for trials another worker had failed.
+
+    A live worker whose heartbeat stalled past ``tune.grace_s`` (a starved machine) loses its trial to the
+    others, who queue it again; its own run then ends FINISHED unless this puts it right.
+    """
+    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if t.user_attrs.get(WORKER_ATTR) == worker:
+            mark_failed(t.user_attrs.get(RUN_ATTR), f"its heartbeat was silent for longer than the grace "
+                        f"period, so another worker failed trial {t.number} and queued it again",
+                        only_if=RUN_STATUS["COMPLETE"])
 
 
 def fail_stale(study: optuna.Study) -> None:

@@ -19,15 +19,16 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
 from pipeline.config import Params, TuneConfig
-from pipeline.errors import StageError
+from pipeline.errors import StageError, UserError
 from pipeline.tracking.trials import ensure_parent_run, parent_run
 from pipeline.tuning.budget import BudgetGate, BudgetLock
 from pipeline.tuning.objective import Objective, TuneData
-from pipeline.tuning.recovery import RetryStaleTrial, fail_orphans, fail_stale
+from pipeline.tuning.recovery import RetryStaleTrial, close_lost_runs, fail_orphans, fail_stale
 from pipeline.tuning.selection import objective_resolution
 from pipeline.tuning.space import SearchSpace, enqueue_baselines, study_name
 from pipeline.tuning.storage import TRANSIENT, configured_url, open_storage, redact, storage_url
-from pipeline.tuning.study import Counts, build_sampler, count_trials, open_study, trial_seed
+from pipeline.tuning.study import WORKER_ATTR, Counts, build_sampler, count_trials, open_study, trial_seed
+from pipeline.tuning.study import worker_id as this_worker
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,10 @@ class _Admitted:
 
     def __init__(self, objective: Objective, gate: BudgetGate, cfg: TuneConfig) -> None:
         self.objective, self.gate, self.cfg = objective, gate, cfg
+        self.current: int | None = None  # the number of the trial this worker runs or last ran
 
     def __call__(self, trial: optuna.Trial) -> float:
+        self.current = trial.number
         self.gate.entered()
         trial.study.sampler = build_sampler(self.cfg, trial_seed(self.cfg.seed, trial.number))
         return self.objective(trial)
@@ -151,6 +154,14 @@ def run_tuning(params: Params, *, progress: bool = True,
                        objective_resolution(len(t.seeds), len(data.val)))
 
 
+def _lost(study: optuna.Study, number: int | None) -> bool:
+    """Whether trial ``number`` of this worker ended FAIL in the storage (told so by another worker)."""
+    if number is None:
+        return False
+    trials = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    return any(t.number == number and t.user_attrs.get(WORKER_ATTR) == this_worker() for t in trials)
+
+
 def _optimize(study: optuna.Study, objective: _Admitted, after: _AfterTrial, gate: BudgetGate,
               retry_s: float) -> None:
     """``study.optimize`` while the gate admits, again after a storage call outside a trial met the
@@ -172,11 +183,15 @@ def _optimize(study: optuna.Study, objective: _Admitted, after: _AfterTrial, gat
             log.warning("optuna storage: the database did not answer (%s); retrying in 1 s",
                         type(exc.__cause__ or exc).__name__)
             time.sleep(1.0)
-        except ValueError as exc:
-            if "Cannot tell a" not in str(exc):
-                raise
-            # This worker's trial was failed meanwhile (its heartbeat stopped for tune.grace_s): the queued
-            # copy redoes it.
-            log.warning("%s: another worker failed this trial as stale; its queued copy redoes it", exc)
+        except (ValueError, AssertionError) as exc:
+            # Another worker failed this worker's trial as stale (its heartbeat stalled past tune.grace_s on a
+            # starved machine) and queued a copy that redoes it. Optuna's tell of it then raises ValueError
+            # ("Cannot tell a FAIL trial"), or AssertionError ("Should not reach.") when the objective had
+            # returned a value.
+            if isinstance(exc, UserError) or not _lost(study, objective.current):
+                raise  # a StageError (failed trials in a row) is a ValueError too
+            log.warning("trial %s: another worker failed this trial as stale (%r); its queued copy redoes it",
+                        objective.current, exc)
+            close_lost_runs(study, this_worker())
         finally:
             gate.lock.release()
