@@ -227,7 +227,7 @@ async def embeddings(request: Request) -> Response:
             w.decoder.cheap_pool, embeddings_body, rows, model, parsed.layer, parsed.encoding_format)
     else:  # a thread hop costs more than writing a few thousand numbers
         content = embeddings_body(rows, model, parsed.layer, parsed.encoding_format)
-    w.metrics.images.labels(parsed.layer).inc(len(rows))
+    w.metrics.count_images(parsed.layer, len(rows))
     headers = {  # text-embeddings-inference's timing headers, in milliseconds
         "x-decode-time": f"{decode_s * 1000:.3f}",
         "x-queue-time": f"{out.queue_ms:.3f}",

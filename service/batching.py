@@ -79,6 +79,8 @@ class MicroBatcher:
         self._arrived = asyncio.Event()
         self._collector: asyncio.Task | None = None
         self._running: set[asyncio.Task] = set()
+        if metrics:  # read when /metrics is scraped (a Gauge.set per request takes a lock)
+            metrics.queue_images.set_function(lambda: self._outstanding)
 
     async def start(self) -> None:
         """Start the collector (in the running event loop)."""
@@ -115,7 +117,7 @@ class MicroBatcher:
         future = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(images, model, projection, future, time.perf_counter()))
         self._queued_images += n
-        self._add_outstanding(n)
+        self._outstanding += n
         self._arrived.set()
         try:
             return await future
@@ -130,11 +132,6 @@ class MicroBatcher:
         if self._outstanding + n > self.max_queue_images:
             raise ApiError(429, "queue_full", f"{self._outstanding} images are already waiting and this request "
                                               f"adds {n} (limit {self.max_queue_images}); retry later", 1)
-
-    def _add_outstanding(self, n: int) -> None:
-        self._outstanding += n
-        if self.metrics:
-            self.metrics.queue_images.set(self._outstanding)
 
     async def _collect(self) -> None:
         while True:
@@ -173,7 +170,7 @@ class MicroBatcher:
             p = self._queue.popleft()
             self._queued_images -= n
             if p.future.cancelled():
-                self._add_outstanding(-n)
+                self._outstanding -= n
                 continue
             batch.append(p)
             size += n
@@ -210,7 +207,7 @@ class MicroBatcher:
                 if not p.future.done():
                     p.future.set_exception(exc)
         finally:
-            self._add_outstanding(-total)
+            self._outstanding -= total
             self._slots.release()
 
     def _forward(self, model: ServedModel, images: np.ndarray,

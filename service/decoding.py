@@ -465,7 +465,7 @@ class Budget:
         unit: what is counted, for messages ("pixels", "bytes").
         doing: what holding it means, for messages ("being decoded").
         refusal: the 429's error type.
-        gauge: where the amount in flight is shown.
+        gauge: where the amount in flight is shown (read when /metrics is scraped, not written per request).
     """
 
     def __init__(self, limit: int, cheap: int, unit: str, doing: str, refusal: str,
@@ -475,7 +475,8 @@ class Budget:
         self.unit, self.doing, self.refusal = unit, doing, refusal
         self.costly_in_flight = 0  # what the limit bounds
         self.in_flight = 0  # all, for the gauge
-        self.gauge = gauge
+        if gauge is not None:  # prometheus_client's Gauge.set takes a lock: a write per request costs more
+            gauge.set_function(lambda: self.in_flight)
 
     def is_cheap(self, amount: int) -> bool:
         """Whether a request holding ``amount`` is cheap (never refused here)."""
@@ -498,8 +499,6 @@ class Budget:
     def _add(self, amount: int, costly: int) -> None:
         self.in_flight += amount
         self.costly_in_flight += costly
-        if self.gauge is not None:
-            self.gauge.set(self.in_flight)
 
 
 class Held:

@@ -57,6 +57,14 @@ class Metrics:
         self.model_info = Gauge(f"{prefix}_model_info", "The served model (value 1).",
                                 ["name", "version", "alias"], registry=r)
         self.reloads = Counter(f"{prefix}_model_reloads", "Model loads by outcome.", ["outcome"], registry=r)
+        self._images_by_layer: dict[str, Any] = {}  # labels() takes a lock: each layer's child, looked up once
+
+    def count_images(self, layer: str, n: int) -> None:
+        """Count ``n`` images embedded at ``layer`` ("backbone" or "projection")."""
+        child = self._images_by_layer.get(layer)
+        if child is None:
+            child = self._images_by_layer[layer] = self.images.labels(layer)
+        child.inc(n)
 
     def set_model(self, name: str | None, version: str | None, alias: str | None) -> None:
         """Label the served model (one series at a time)."""
