@@ -51,17 +51,24 @@ class RetryStaleTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
         super().__call__(study, trial)
 
 
-def close_lost_runs(study: optuna.Study, worker: str) -> None:
-    """Mark FAILED the MLflow runs that ``worker`` ended FINISHED for trials another worker had failed.
+def lost_trial(study: optuna.Study, number: int | None, worker: str) -> FrozenTrial | None:
+    """``worker``'s trial ``number`` if the storage holds it as FAIL (another worker failed it), else None.
 
     A live worker whose heartbeat stalled past ``tune.grace_s`` (a starved machine) loses its trial to the
-    others, who queue it again; its own run then ends FINISHED unless this puts it right.
+    others, who queue it again; Optuna's tell of it then raises in that worker.
     """
+    if number is None:
+        return None
     for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        if t.user_attrs.get(WORKER_ATTR) == worker:
-            mark_failed(t.user_attrs.get(RUN_ATTR), f"its heartbeat was silent for longer than the grace "
-                        f"period, so another worker failed trial {t.number} and queued it again",
-                        only_if=RUN_STATUS["COMPLETE"])
+        if t.number == number and t.user_attrs.get(WORKER_ATTR) == worker:
+            return t
+    return None
+
+
+def close_lost_run(trial: FrozenTrial) -> None:
+    """Mark FAILED the MLflow run of a :func:`lost_trial` that its worker had ended FINISHED."""
+    mark_failed(trial.user_attrs.get(RUN_ATTR), f"its heartbeat was silent for longer than the grace period, so "
+                f"another worker failed trial {trial.number} and queued it again", only_if=RUN_STATUS["COMPLETE"])
 
 
 def fail_stale(study: optuna.Study) -> None:

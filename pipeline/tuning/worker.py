@@ -23,12 +23,11 @@ from pipeline.errors import StageError, UserError
 from pipeline.tracking.trials import ensure_parent_run, parent_run
 from pipeline.tuning.budget import BudgetGate, BudgetLock
 from pipeline.tuning.objective import Objective, TuneData
-from pipeline.tuning.recovery import RetryStaleTrial, close_lost_runs, fail_orphans, fail_stale
+from pipeline.tuning.recovery import RetryStaleTrial, close_lost_run, fail_orphans, fail_stale, lost_trial
 from pipeline.tuning.selection import objective_resolution
 from pipeline.tuning.space import SearchSpace, enqueue_baselines, study_name
 from pipeline.tuning.storage import TRANSIENT, configured_url, open_storage, redact, storage_url
-from pipeline.tuning.study import WORKER_ATTR, Counts, build_sampler, count_trials, open_study, trial_seed
-from pipeline.tuning.study import worker_id as this_worker
+from pipeline.tuning.study import Counts, build_sampler, count_trials, open_study, trial_seed, worker_id
 
 log = logging.getLogger(__name__)
 
@@ -154,14 +153,6 @@ def run_tuning(params: Params, *, progress: bool = True,
                        objective_resolution(len(t.seeds), len(data.val)))
 
 
-def _lost(study: optuna.Study, number: int | None) -> bool:
-    """Whether trial ``number`` of this worker ended FAIL in the storage (told so by another worker)."""
-    if number is None:
-        return False
-    trials = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-    return any(t.number == number and t.user_attrs.get(WORKER_ATTR) == this_worker() for t in trials)
-
-
 def _optimize(study: optuna.Study, objective: _Admitted, after: _AfterTrial, gate: BudgetGate,
               retry_s: float) -> None:
     """``study.optimize`` while the gate admits, again after a storage call outside a trial met the
@@ -188,10 +179,11 @@ def _optimize(study: optuna.Study, objective: _Admitted, after: _AfterTrial, gat
             # starved machine) and queued a copy that redoes it. Optuna's tell of it then raises ValueError
             # ("Cannot tell a FAIL trial"), or AssertionError ("Should not reach.") when the objective had
             # returned a value.
-            if isinstance(exc, UserError) or not _lost(study, objective.current):
+            lost = None if isinstance(exc, UserError) else lost_trial(study, objective.current, worker_id())
+            if lost is None:
                 raise  # a StageError (failed trials in a row) is a ValueError too
-            log.warning("trial %s: another worker failed this trial as stale (%r); its queued copy redoes it",
-                        objective.current, exc)
-            close_lost_runs(study, this_worker())
+            log.warning("trial %d: another worker failed this trial as stale (%r); its queued copy redoes it",
+                        lost.number, exc)
+            close_lost_run(lost)
         finally:
             gate.lock.release()
