@@ -24,8 +24,10 @@ from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from pydantic.json_schema import models_json_schema
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pipeline.data.decode import DecodeLimits
 from pipeline.device import resolve_device
@@ -33,7 +35,7 @@ from pipeline.tracking.registry import load_registered
 from pipeline.tracking.runs import bound_http_retries
 from service.batching import MicroBatcher
 from service.decoding import Budget, ParsedRequest, RequestDecoder, body_kind, read_body
-from service.errors import ApiError, install_error_handler
+from service.errors import ApiError, ApiErrorHandler, install_error_handler
 from service.metrics import Metrics, MetricsMiddleware
 from service.model_store import Loader, ModelStore, ServedModel
 from service.schemas import (
@@ -89,6 +91,7 @@ def create_app(settings: Settings | None = None, loader: Loader = load_registere
         log.warning("admin routes disabled: listening on %s without SERVE_ADMIN_TOKEN; POST /admin/reload "
                     "answers 403 (set SERVE_ADMIN_TOKEN to enable them)", settings.host)
     metrics = Metrics()
+    embeddings_route = next(r for r in router.routes if isinstance(r, APIRoute) and r.endpoint is embeddings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -122,7 +125,9 @@ def create_app(settings: Settings | None = None, loader: Loader = load_registere
     app = FastAPI(title=TITLE, version=VERSION, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Image embeddings from the registered SparseHead encoder.")
     app.state.metrics = metrics
-    install_error_handler(app, metrics)
+    on_api_error = install_error_handler(app, metrics)
+    # The last added is the outermost: the metrics middleware counts the direct route's requests too.
+    app.add_middleware(DirectRoute, route=embeddings_route, on_api_error=on_api_error)
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=lambda: app.routes)
     app.include_router(router)  # before the docs: routes are matched in order, the busy ones first
     _add_docs(app)
@@ -141,6 +146,43 @@ def create_app(settings: Settings | None = None, loader: Loader = load_registere
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+class DirectRoute:
+    """A plain ASGI middleware that sends one busy route's requests straight to its endpoint.
+
+    ``POST /v1/embeddings`` reads and parses its own body and takes no parameter but the request, so
+    FastAPI's machinery around it (routing through the included router, dependency solving, the exception
+    and exit-stack middlewares) did nothing for it, yet was 39% of the event loop's busy time with 32
+    clients sending small PNGs (py-spy on ``bench/serve.py --tiny``; the README has the figures). The
+    route stays declared on the router, where FastAPI documents it and answers its other methods (405).
+    Its :class:`ApiError` goes to the app's own handler; any other exception reaches the app's 500
+    handler as before.
+
+    Args:
+        app: the ASGI app it wraps (the rest of the middleware stack and the router).
+        route: the route served directly; its endpoint takes the :class:`Request` alone.
+        on_api_error: the app's :class:`ApiError` handler (:func:`service.errors.install_error_handler`).
+    """
+
+    def __init__(self, app: ASGIApp, route: APIRoute, on_api_error: ApiErrorHandler) -> None:
+        self.app = app
+        self.route = route
+        self.methods = route.methods or set()
+        self.on_api_error = on_api_error
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (scope["type"] != "http" or scope["method"] not in self.methods
+                or scope["path"] != scope.get("root_path", "") + self.route.path):
+            await self.app(scope, receive, send)
+            return
+        scope["route"] = self.route  # as FastAPI's routing would: the metrics label requests by it
+        request = Request(scope, receive, send)
+        try:
+            response = await self.route.endpoint(request)
+        except ApiError as exc:
+            response = await self.on_api_error(request, exc)
+        await response(scope, receive, send)
 
 
 DOCS_ASSETS = "/docs-assets"

@@ -434,6 +434,40 @@ def test_metrics_count_requests_by_route_and_status(store):
     assert metric(text, "embedding_model_reloads_total", outcome="ok") == 1
 
 
+def test_a_failed_forward_pass_is_a_json_500_counted_under_its_route_and_the_next_request_succeeds(store):
+    # POST /v1/embeddings is served past FastAPI's routing (service.app.DirectRoute): a bug in it must
+    # still reach the app's 500 handler, in the error shape, and be counted under the route's template.
+    fail_next = threading.Event()
+
+    def loader(uri: str) -> LoadedModel:
+        loaded = load_registered(uri)
+        inner = loaded.encoder.forward
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            if fail_next.is_set():
+                fail_next.clear()
+                raise RuntimeError("a forward pass that fails")
+            return inner(x)
+
+        loaded.encoder.forward = forward
+        return loaded
+
+    app = create_app(make_settings(store, max_wait_ms=0, freeze_model=False), loader=loader)  # forward as wrapped
+    with TestClient(app, raise_server_exceptions=False) as c:
+        wait_ready(c.get)
+        fail_next.set()
+        r = c.post("/v1/embeddings", **good_request(store))
+        assert r.status_code == 500, r.text
+        assert r.json() == {"error": {"message": "internal error (RuntimeError); see the service log",
+                                      "type": "server_error", "code": 500}}
+        assert_serves(c, store)
+        text = c.get("/metrics").text
+    post = {"route": "/v1/embeddings", "method": "POST"}
+    assert metric(text, "embedding_requests_total", **post, status="500") == 1
+    assert metric(text, "embedding_requests_total", **post, status="200") == 1
+    assert metric(text, "embedding_rejected_total", reason="server_error") == 1
+
+
 def test_readyz_is_503_until_the_model_has_loaded(store):
     release = threading.Event()
 

@@ -36,6 +36,7 @@ from PIL import Image
 
 from bench import serve_hostile as hostile
 from bench.serve_flood import reset_peak, rss_mb
+from service import decoding
 from service.app import create_app
 from tests.servers import service_process
 from tests.test_service import (  # noqa: F401 - store is a fixture
@@ -109,6 +110,20 @@ def test_json_of_a_million_empty_lists_is_refused_before_it_is_parsed(store):
     assert r.status_code == 413 and "arrays or objects" in r.json()["error"]["message"], r.text
     r = run_shape_in_process(store, {"json": {"images": [""] * 1_000_000}}, max_growth_mb=60)
     assert r.status_code == 413 and "more than 96 commas" in r.json()["error"]["message"], r.text
+
+
+@pytest.mark.parametrize("slice_bytes", [7, 64, 1 << 20])
+def test_count_upto_counts_as_bytes_count_across_slices(monkeypatch, slice_bytes):
+    # 1-byte needles are counted by a vectorised comparison, longer ones by bytes.count: both must give
+    # bytes.count's answer whatever the slices, a needle across a slice's end included.
+    monkeypatch.setattr(decoding, "COUNT_SLICE", slice_bytes)
+    body = bytearray(np.random.default_rng(0).choice(list(b'[]{},"ab\r\n-'), 5000).astype(np.uint8).tobytes())
+    body[6:9] = b"\r\n-"  # a 3-byte needle across the first 7-byte slice's end
+    needles = (b"[", b"{", b",")
+    want = sum(bytes(body).count(n) for n in needles)
+    assert decoding.count_upto(body, needles, 10**9) == want
+    assert decoding.count_upto(bytes(body), (b"\r\n-",), 10**9) == bytes(body).count(b"\r\n-")
+    assert decoding.count_upto(body, needles, 10) > 10  # stops early past ``most``, still above it
 
 
 def test_a_progressive_jpeg_costs_its_scans_at_full_size(store):
