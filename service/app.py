@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
@@ -316,6 +317,7 @@ async def info(request: Request) -> dict[str, Any]:
         "max_image_pixels": settings.max_image_pixels,
         "max_decode_pixels": settings.max_decode_pixels,
         "device": str(served.device),
+        "torch_threads": torch.get_num_threads(),  # intra-op threads of a forward pass (SERVE_TORCH_THREADS)
         "version": request.app.version,
     }
 

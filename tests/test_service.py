@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import os
 import re
 import signal
 import threading
@@ -511,6 +512,9 @@ def test_settings_come_from_the_environment_and_are_checked(store):
     assert load_settings(params_path="/nonexistent/params.yaml",
                          env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"}).tracking_uri == "http://127.0.0.1:5000"
     assert load_settings(params_path="/nonexistent/params.yaml", env={}).model_uri == store.model_uri
+    for value, threads in (("3", 3), ("", None)):  # None: torch's own default
+        assert load_settings(params_path="/nonexistent/params.yaml",
+                             env={"SERVE_TORCH_THREADS": value}).torch_threads == threads
     with pytest.raises(ConfigError, match="SERVE_MAX_BATCH_SIZE"):
         load_settings(params_path="/nonexistent/params.yaml", env={"SERVE_MAX_BATCH_SIZE": "lots"})
     with pytest.raises(ConfigError, match="max_queue_images"):
@@ -665,6 +669,8 @@ def test_a_real_uvicorn_process_serves_the_same_embeddings(server, store):
     with httpx.Client(base_url=server, timeout=WAIT_S) as c:
         assert c.get("/healthz").json() == {"status": "ok"}
         assert c.get("/v1/models").json()["data"][0]["version"] == "1"
+        # `python -m service` runs a forward pass on one thread per 4 cores (torch's default is one a core)
+        assert c.get("/info").json()["torch_threads"] == max(1, (os.cpu_count() or 1) // 4)
         for kwargs in ({"json": {"images": [b64(png(im)) for im in imgs]}},
                        {"json": {"images": [raw(im) for im in imgs], "layer": "projection"}},
                        {"files": [("files", (f"{i}.png", png(im), "image/png")) for i, im in enumerate(imgs)]}):
