@@ -112,11 +112,13 @@ def test_json_of_a_million_empty_lists_is_refused_before_it_is_parsed(store):
     assert r.status_code == 413 and "more than 96 commas" in r.json()["error"]["message"], r.text
 
 
+@pytest.mark.parametrize("vector_from", [0, 1 << 20])  # numpy for every body / for none of these
 @pytest.mark.parametrize("slice_bytes", [7, 64, 1 << 20])
-def test_count_upto_counts_as_bytes_count_across_slices(monkeypatch, slice_bytes):
-    # 1-byte needles are counted by a vectorised comparison, longer ones by bytes.count: both must give
-    # bytes.count's answer whatever the slices, a needle across a slice's end included.
+def test_count_upto_counts_as_bytes_count_across_slices(monkeypatch, slice_bytes, vector_from):
+    # 1-byte needles in a big body are counted by a vectorised comparison, the rest by bytes.count: both
+    # must give bytes.count's answer whatever the slices, a needle across a slice's end included.
     monkeypatch.setattr(decoding, "COUNT_SLICE", slice_bytes)
+    monkeypatch.setattr(decoding, "VECTOR_COUNT_BYTES", vector_from)
     body = bytearray(np.random.default_rng(0).choice(list(b'[]{},"ab\r\n-'), 5000).astype(np.uint8).tobytes())
     body[6:9] = b"\r\n-"  # a 3-byte needle across the first 7-byte slice's end
     needles = (b"[", b"{", b",")
