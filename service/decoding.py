@@ -11,9 +11,10 @@ before it is paid.
 5. :func:`decode_items`: the shared decoder, then :func:`pipeline.data.preprocess.fit_image`.
 
 :class:`RequestDecoder` runs 2 to 5 for the route: small requests on the event loop (a thread hop costs
-more than their work), cheap ones in the cheap threads, costly ones (big bodies, costly images) in the
-costly threads, which run at a lower CPU priority: a flood of costly work never queues in front of small
-requests nor takes the cores from them. Every client mistake is an :class:`ApiError`.
+more than their work), and so is a request alone in the service while its steps are bounded (nobody waits
+behind the loop); cheap ones in the cheap threads, costly ones (big bodies, costly images) in the costly
+threads, which run at a lower CPU priority: a flood of costly work never queues in front of small requests
+nor takes the cores from them. Every client mistake is an :class:`ApiError`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import math
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -54,6 +55,12 @@ _URLSAFE = str.maketrans("-_", "+/")
 # costs less than the two thread hops it would take (bench/serve.py's 1-client figures).
 INLINE_BODY_BYTES = 16_384
 INLINE_PIXELS = 16_384
+# A request alone in the service (no other in flight) is parsed on the event loop up to this body size and
+# decoded there up to this work (decoded pixels plus encoded bytes, each about 10 ns: some 5 ms): each
+# thread hop wakes an idle core, which cost a 427x640 photo 0.8-1.7 ms of its 6.6-7.6 ms at 1 client on
+# 2 cores (README, "The embedding service"), and a request that arrives meanwhile waits at most that long.
+ALONE_BODY_BYTES = 1 << 20
+ALONE_DECODE_WORK = 1 << 19
 # A body up to this size is parsed in the cheap threads; a bigger one in the costly threads.
 CHEAP_BODY_BYTES = 1 << 20
 # The costly threads' niceness (Linux applies it per thread): they take the cores the event loop and the
@@ -91,6 +98,12 @@ class Probed:
     cost: int  # pixels that decoding materialises
     opened: Opened | None = None
     array: np.ndarray | None = None
+    size: int = 0  # encoded bytes
+
+    @property
+    def work(self) -> int:
+        """What decoding costs in time, in pixel-equivalents (see :data:`ALONE_DECODE_WORK`)."""
+        return self.cost + self.size
 
 
 # ---------------------------------------------------------------------------------------------- body
@@ -437,7 +450,7 @@ def probe_items(items: list[str | RawArray | bytes], spec: InputSpec, limits: De
             opened = open_image(data, spec.image_size, limits)
         except DecodeError as exc:
             raise _image_error(i, exc) from exc
-        probed.append(Probed(i, opened.cost, opened=opened))
+        probed.append(Probed(i, opened.cost, opened=opened, size=len(data)))
     return probed
 
 
@@ -599,7 +612,8 @@ class RequestDecoder:
         return parsed, probed
 
     async def decode(self, body: Buffer, kind: str, content_type: str, spec: InputSpec,
-                     check: Callable[[ParsedRequest], None], before_decoding: Callable[[int], None]) -> Decoded:
+                     check: Callable[[ParsedRequest], None], before_decoding: Callable[[int], None],
+                     alone: Callable[[], Awaitable[bool]] | None = None) -> Decoded:
         """The request's options and images as uint8 (N, S, S, C) for ``spec``.
 
         Args:
@@ -610,12 +624,15 @@ class RequestDecoder:
             check: called with the parsed request before its images are read (it may raise).
             before_decoding: called with the image count once the headers are checked, before any pixel
                 is decoded (the batch queue refuses a full queue there).
+            alone: ``await alone()`` says whether this is the only request in flight (asked before each
+                step): its steps then run on the event loop up to :data:`ALONE_BODY_BYTES` and
+                :data:`ALONE_DECODE_WORK` (None: never).
 
         Raises:
             ApiError: every client mistake and every bound, with its status.
         """
         small = len(body) <= INLINE_BODY_BYTES
-        if small:
+        if small or (alone is not None and len(body) <= ALONE_BODY_BYTES and await alone()):
             parsed, probed = self.parse_and_probe(body, kind, content_type, spec, check)
         else:  # parsing costs about what the body weighs
             pool = self.cheap_pool if len(body) <= CHEAP_BODY_BYTES else self.costly_pool
@@ -624,7 +641,8 @@ class RequestDecoder:
         cost = sum(p.cost for p in probed)
         before_decoding(len(probed))
         with self.budget.hold(cost):
-            if small and cost <= INLINE_PIXELS:
+            if (small and cost <= INLINE_PIXELS) or (
+                    alone is not None and sum(p.work for p in probed) <= ALONE_DECODE_WORK and await alone()):
                 images = decode_items(probed, spec)
             else:
                 pool = self.cheap_pool if self.budget.is_cheap(cost) else self.costly_pool

@@ -44,6 +44,9 @@ class Metrics:
                                     buckets=_LATENCY_BUCKETS, registry=r)
         self.inference_time = Histogram(f"{prefix}_inference_duration_seconds", "Forward pass time per batch.",
                                         buckets=_LATENCY_BUCKETS, registry=r)
+        self.embedding_requests = Gauge(f"{prefix}_requests_in_flight",
+                                        "Embeddings requests in flight (from the route's start to its answer).",
+                                        registry=r)
         self.queue_images = Gauge(f"{prefix}_queue_images", "Images queued or in a running forward pass.",
                                   registry=r)
         self.decode_pixels = Gauge(f"{prefix}_decode_pixels",

@@ -46,6 +46,9 @@ class Settings(ServeConfig):
     # Serve TorchScript-frozen graphs of the encoder (falling back to eager when they do not match it);
     # see service.model_store.freeze_for_inference.
     freeze_model: bool = True
+    # A request alone in the service runs its forward pass on the event loop, sparing two thread hops, when
+    # that model's last pass over a few images took at most this (0: never); see service.batching.
+    inline_forward_ms: float = Field(2.0, ge=0)
     decode_workers: int = Field(min(4, os.cpu_count() or 1), gt=0)  # threads decoding images off the loop
     # Decode work, in decoded pixels (see service.decoding). max_image_pixels (params.yaml)
     # bounds what an image's header may claim; these bound what is really decoded: one image (a JPEG is
