@@ -13,7 +13,7 @@ import base64
 import io
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import numpy as np
 import orjson
@@ -115,13 +115,13 @@ class Recording:
 INLINE_MS = 50.0  # far above the fast model's pass, far below the slow one's: no timing in the test
 
 
-def batched(body: Callable[[MicroBatcher, threading.Thread], object]) -> None:
+def batched(body: Callable[[MicroBatcher, threading.Thread], Awaitable[None]]) -> None:
     async def main() -> None:
         b = MicroBatcher(lambda: None, max_batch_size=8, max_wait_ms=0, max_queue_images=64, workers=1,
                          inline_forward_ms=INLINE_MS)
         await b.start()
         try:
-            await body(b, threading.current_thread())  # type: ignore[misc]
+            await body(b, threading.current_thread())
         finally:
             await b.stop()
     asyncio.run(main())
