@@ -14,3 +14,15 @@ class UserError(ValueError):
 
 class StageError(UserError):
     """A stage's own check of its input failed (raised by stage bodies and the tuning worker)."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's text on one line (tarfile, PIL and torch's unpickler sometimes spread theirs over several).
+
+    Args:
+        exc: Any exception.
+
+    Returns:
+        Its message with every run of whitespace as one space, or its type's name when it has none.
+    """
+    return " ".join(str(exc).split()) or type(exc).__name__

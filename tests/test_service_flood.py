@@ -20,6 +20,7 @@ import contextlib
 import io
 import json
 import os
+import random
 import re
 import socket
 import threading
@@ -165,7 +166,7 @@ def test_multipart_parts_stop_at_their_limits_and_almost_boundaries_are_counted_
         "content-type": "multipart/form-data; boundary=flood"}}, max_growth_mb=40)
     assert r.status_code == 413 and "boundary more than 13 times" in r.json()["error"]["message"], r.text
     # a file part over max_image_bytes (2 MB) stops there, with its index; a text field over 4 KiB too
-    big = os.urandom(3_000_000)
+    big = random.Random(3).randbytes(3_000_000)  # seeded, like every input here
     r = run_shape_in_process(store, {"files": [("files", ("a.png", png(np.zeros((8, 8, 1), np.uint8)), "image/png")),
                                                ("files", ("b.png", big, "image/png"))]}, max_growth_mb=40)
     assert r.status_code == 413 and r.json()["error"]["index"] == 1, r.text

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, one_line
+
+__all__ = ["REPREPARE", "DataError", "one_line"]
 
 # The way out of every bad prepared file: prepare rewrites the whole folder.
 REPREPARE = "rerun the prepare stage (dvc repro -f prepare)"
@@ -14,15 +16,3 @@ class DataError(UserError):
 
     A :class:`~pipeline.errors.UserError`, so stage entry points (``pipeline.cli``) show it as one line.
     """
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception's text on one line (tarfile and PIL sometimes spread theirs over several).
-
-    Args:
-        exc: Any exception.
-
-    Returns:
-        Its message with every run of whitespace as one space, or its type's name when it has none.
-    """
-    return " ".join(str(exc).split()) or type(exc).__name__

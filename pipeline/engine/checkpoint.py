@@ -12,8 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import pickle
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +20,11 @@ import torch
 from pipeline.config import PretrainConfig
 from pipeline.data.shards import ImageArray
 from pipeline.io import atomic_path
+from pipeline.torch_files import UnreadableTorchFile, load_torch_file
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
-# What torch.load raises on a truncated, foreign or garbage file.
-_UNREADABLE = (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, KeyError,
-               AttributeError, TypeError, OSError)
 
 
 def fingerprint(cfg: PretrainConfig, images: ImageArray | str, seed: int, epochs: int | None = None,
@@ -80,9 +76,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.exists():
         return None
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except _UNREADABLE as exc:
-        set_aside(path, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+        state = load_torch_file(path, map_location=map_location, weights_only=False)
+    except UnreadableTorchFile as exc:
+        set_aside(path, str(exc))
         return None
     if not isinstance(state, dict) or "fingerprint" not in state:
         set_aside(path, "not a checkpoint of this pipeline")

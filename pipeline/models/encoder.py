@@ -7,8 +7,6 @@ self-describing: :func:`pipeline.data.preprocess.to_model_input` is all a caller
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -17,10 +15,11 @@ import torch
 from torch import nn
 
 from pipeline.data.preprocess import InputSpec
-from pipeline.errors import UserError
+from pipeline.errors import UserError, one_line
 from pipeline.io import atomic_path
 from pipeline.models.backbones import build_backbone
 from pipeline.models.heads import ProjectionHead
+from pipeline.torch_files import UnreadableTorchFile, load_torch_file
 
 Layer = Literal["backbone", "projection"]
 ENCODER_FILE = "encoder.pt"  # the file name of a saved encoder in a model folder
@@ -105,10 +104,8 @@ def save_encoder(encoder: Encoder, path: str | Path, extra: dict | None = None) 
     return Path(path)
 
 
-# What torch.load raises on a truncated, foreign or garbage file, and what a payload of another shape
-# raises when it is turned back into an encoder.
-_UNREADABLE = (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, KeyError,
-               AttributeError, TypeError, OSError)
+# What a payload of another shape raises when it is turned back into an encoder.
+_NOT_AN_ENCODER = (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError)
 
 
 def load_encoder(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[Encoder, dict]:
@@ -122,20 +119,17 @@ def load_encoder(path: str | Path, map_location: str | torch.device = "cpu") -> 
         raise FileNotFoundError(f"{path}: encoder not found (run the pretrain stage first)")
     way_out = "rerun the stage that trained it to rewrite it (dvc repro -f pretrain; final for the final model)"
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except _UNREADABLE as exc:
-        why = " ".join(str(exc).split())[:160]
-        raise UserError(f"{path}: not a readable encoder file, truncated or corrupt ({type(exc).__name__}: "
-                         f"{why}); {way_out}") from exc
+        payload = load_torch_file(path, map_location=map_location, weights_only=True)
+    except UnreadableTorchFile as exc:
+        raise UserError(f"{path}: not a readable encoder file, truncated or corrupt ({exc}); {way_out}") from exc
     if not isinstance(payload, dict) or not {"spec", "state_dict"} <= payload.keys():
         raise UserError(f"{path}: not an encoder saved by this pipeline (no spec and state_dict); {way_out}")
     try:
         encoder = Encoder(EncoderSpec.from_dict(payload["spec"]))
         encoder.load_state_dict(payload["state_dict"])
-    except _UNREADABLE as exc:
-        why = " ".join(str(exc).split())[:160]
-        raise UserError(f"{path}: its spec and weights do not make an encoder ({type(exc).__name__}: {why}); "
-                         f"{way_out}") from exc
+    except _NOT_AN_ENCODER as exc:
+        raise UserError(f"{path}: its spec and weights do not make an encoder ({type(exc).__name__}: "
+                        f"{one_line(exc)[:160]}); {way_out}") from exc
     encoder.eval()
     extra = payload.get("extra", {})
     return encoder, extra if isinstance(extra, dict) else {}
