@@ -17,7 +17,7 @@ class StageError(UserError):
 
 
 def one_line(exc: BaseException) -> str:
-    """An exception's text on one line (tarfile, PIL and torch's unpickler sometimes spread theirs over several).
+    """An exception's text on one line (tarfile, PIL and torch's unpickler spread some over several).
 
     Args:
         exc: Any exception.

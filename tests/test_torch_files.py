@@ -24,7 +24,8 @@ from pipeline.torch_files import UnreadableTorchFile, load_torch_file
 # Each file makes torch.load raise a kind of exception the loaders once let through as a traceback.
 CRAFTED = [
     pytest.param(b"\x80\x04\x95" + b"\xff" * 8, False, OverflowError, id="frame-past-2^63"),
-    pytest.param(b"\x80\x04\x8e" + (2**40).to_bytes(8, "little"), False, MemoryError, id="bytes8-of-a-terabyte"),
+    pytest.param(b"\x80\x04\x8e" + (2**40).to_bytes(8, "little"), False, MemoryError,
+                 id="bytes8-of-a-terabyte"),
     pytest.param(b"\x80\x02cno_such_module\nthing\n.", False, ModuleNotFoundError, id="mangled-global"),
     pytest.param(b"\x80\x02J\x01\x02", True, struct.error, id="truncated-binint-weights-only"),
 ]
@@ -52,7 +53,8 @@ def test_a_crafted_checkpoint_is_set_aside_and_a_crafted_encoder_is_one_user_err
     assert not ckpt.exists() and (tmp_path / (CHECKPOINT + ".corrupt")).exists()
     enc = tmp_path / "encoder.pt"
     enc.write_bytes(b"\x80\x02J\x01\x02")
-    with pytest.raises(UserError, match=r"encoder.pt: not a readable encoder file, truncated or corrupt \(error: "):
+    with pytest.raises(UserError, match=r"encoder.pt: not a readable encoder file, truncated or corrupt "
+                                        r"\(error: "):
         load_encoder(enc)
 
 
@@ -100,7 +102,8 @@ def test_seeded_damaged_checkpoints_are_set_aside_or_read_never_raised(tmp_path)
 
 def test_seeded_damaged_encoder_files_load_or_raise_one_user_error(tmp_path):
     torch.manual_seed(0)
-    encoder = Encoder(EncoderSpec("small", InputSpec(8, 1, (0.3,), (0.4,)), width=4, head_hidden=[8], head_out=4))
+    spec = EncoderSpec("small", InputSpec(8, 1, (0.3,), (0.4,)), width=4, head_hidden=[8], head_out=4)
+    encoder = Encoder(spec)
     save_encoder(encoder, tmp_path / "good.pt")
     original = (tmp_path / "good.pt").read_bytes()
     rng, errors, loaded = random.Random(11), 0, 0
