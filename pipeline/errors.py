@@ -26,3 +26,17 @@ def one_line(exc: BaseException) -> str:
         Its message with every run of whitespace as one space, or its type's name when it has none.
     """
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def described(exc: BaseException, limit: int = 160) -> str:
+    """``<ExceptionType>: <its one-line message, at most limit characters>``, for the parenthesis of a
+    one-line error: the type tells a damaged file (OverflowError, TokenError) from a missing one (OSError).
+
+    Args:
+        exc: Any exception.
+        limit: The most characters of its message kept.
+
+    Returns:
+        The exception's type name, a colon and :func:`one_line` of it, cut to ``limit``.
+    """
+    return f"{type(exc).__name__}: {one_line(exc)[:limit]}"

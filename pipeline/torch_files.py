@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from pipeline.errors import one_line
+from pipeline.errors import described
 
 
 class UnreadableTorchFile(ValueError):
@@ -45,4 +45,4 @@ def load_torch_file(path: str | Path, *, weights_only: bool, map_location: str |
     try:
         return torch.load(path, map_location=map_location, weights_only=weights_only)
     except Exception as exc:  # garbage raises anything (the module docstring): all of it means unreadable
-        raise UnreadableTorchFile(f"{type(exc).__name__}: {one_line(exc)[:200]}") from exc
+        raise UnreadableTorchFile(described(exc, 200)) from exc

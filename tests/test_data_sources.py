@@ -7,6 +7,7 @@ import io
 import json
 import os
 import pickle
+import random
 import subprocess
 import sys
 import tarfile
@@ -264,6 +265,45 @@ def test_cifar_batch_missing_key_and_foreign_pickles(tmp_path):
     members, _, _ = _cifar10_members()
     members["cifar-10-batches-py/batches.meta"] = pickle.dumps({b"names": []})
     assert "batches.meta: key b'label_names' must be" in _cifar_error(tmp_path, members)
+
+
+# Damaged members whose unpickling raised what the CIFAR reader once let through as a traceback.
+@pytest.mark.parametrize(("member", "payload", "expected"), [
+    ("data_batch_2", b"\x80\x04\x8d" + b"\xff" * 8, "not a valid CIFAR pickle (OverflowError: BINUNICODE exceeds"),
+    ("data_batch_2", b"\x80\x04\x8e" + (2**40).to_bytes(8, "little"), "not a valid CIFAR pickle (MemoryError"),
+    ("batches.meta", b"\x80\x02c_codecs\nencode\nX\x03\x00\x00\x00abcX\x06\x00\x00\x00Ratin1\x86R.",
+     "not a valid CIFAR pickle (LookupError: unknown encoding: Ratin1)"),
+    ("batches.meta", pickle.dumps({b"label_names": [b"cat", b"d\xffg"]}, protocol=2),
+     "key b'label_names' holds a class name that is not UTF-8"),
+], ids=["unicode8-past-2^63", "bytes8-of-a-terabyte", "mangled-encoding", "non-utf8-class-name"])
+def test_cifar_damaged_member_is_one_line(tmp_path, member, payload, expected):
+    members, _, _ = _cifar10_members(per_batch=1)
+    members[f"cifar-10-batches-py/{member}"] = payload
+    msg = _cifar_error(tmp_path, members)
+    assert f"cifar-10-batches-py/{member}: " in msg and expected in msg, msg
+
+
+def test_cifar_seeded_damaged_archives_load_or_fail_in_one_line(tmp_path):
+    members, _, _ = _cifar10_members(per_batch=2)
+    rng, failed = random.Random(1130), 0
+    for i in range(150):  # one member truncated or bit-flipped, by turns
+        damaged, name = dict(members), rng.choice(sorted(members))
+        data = bytearray(damaged[name])
+        if i % 2:
+            data = data[: rng.randrange(len(data))]
+        else:
+            for _ in range(rng.randint(1, 6)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+        damaged[name] = bytes(data)
+        archive = _write_tar(tmp_path / "cifar-10-python.tar.gz", damaged)
+        try:
+            ds = load_source(PrepareConfig(source="cifar10", path=str(archive)), seed=0)
+        except DataError as exc:
+            assert str(archive) in str(exc) and "\n" not in str(exc)
+            failed += 1
+        else:
+            assert ds.train.images.shape == (10, 32, 32, 3)
+    assert failed > 120
 
 
 # ---------------------------------------------------------------- image folders

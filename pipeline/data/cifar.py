@@ -18,7 +18,7 @@ from typing import IO, Any
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.data.errors import DataError, one_line
+from pipeline.data.errors import DataError, described, one_line
 from pipeline.data.format import Dataset, Split
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,10 @@ _SAFE_GLOBALS = {
 }
 
 
+# What reading a damaged or truncated archive raises (EOFError too: a gzip stream that ends early).
+_ARCHIVE_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error)
+
+
 class _SafeUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in _SAFE_GLOBALS:
@@ -94,8 +98,10 @@ def _unpickle(f: IO[bytes], where: str) -> Any:
     try:
         # encoding="bytes": the official files are Python 2 pickles whose dict keys are byte strings.
         return _SafeUnpickler(f, encoding="bytes").load()
-    except (pickle.UnpicklingError, AttributeError, ImportError, IndexError, TypeError, ValueError) as exc:
-        raise DataError(f"{where}: not a valid CIFAR pickle ({one_line(exc)})") from exc
+    except _ARCHIVE_ERRORS:
+        raise  # the archive itself (a truncated gzip stream ends mid-pickle): _read_members words it
+    except Exception as exc:  # damaged files raise anything: pipeline/data/errors.py
+        raise DataError(f"{where}: not a valid CIFAR pickle ({described(exc)})") from exc
 
 
 def resolve_archive(path: str | None, download: bool, fmt: CifarFormat) -> Path:
@@ -173,7 +179,7 @@ def _read_members(archive: Path, wanted: set[str], progress: bool) -> dict[str, 
                     raise DataError(f"{archive}: member {member.name} cannot be read")
                 found[member.name] = _unpickle(f, f"{archive}:{member.name}")
                 bar.update(1)
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+    except _ARCHIVE_ERRORS as exc:
         raise DataError(f"{archive}: not a readable tar.gz archive, or it is truncated "
                         f"(while reading {current}: {one_line(exc)})") from exc
     missing = sorted(wanted - found.keys())
@@ -207,7 +213,10 @@ def _class_names(obj: Any, where: str, names_key: bytes) -> list[str]:
     names = obj.get(names_key) if isinstance(obj, dict) else None
     if not isinstance(names, list | tuple) or not names or not all(isinstance(n, bytes | str) for n in names):
         raise DataError(f"{where}: key {names_key!r} must be a non-empty list of class names")
-    return [n.decode("utf-8") if isinstance(n, bytes) else n for n in names]
+    try:
+        return [n.decode("utf-8") if isinstance(n, bytes) else n for n in names]
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{where}: key {names_key!r} holds a class name that is not UTF-8 ({one_line(exc)})") from exc
 
 
 def _assemble(batches: list[tuple[np.ndarray, np.ndarray]]) -> Split:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import shutil
 import tempfile
-import zipfile
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.data.errors import REPREPARE, DataError, one_line
+from pipeline.data.errors import REPREPARE, DataError, described, one_line
 from pipeline.data.shards import ImageArray, ShardedImages, entry_sha256, write_shards
 from pipeline.io import ordinary_mode, read_json, write_json
 
@@ -186,8 +184,6 @@ def save_dataset(ds: Dataset, out_dir: str | Path, shard_images: int | None = No
     return manifest
 
 
-# What np.load and reading an npz member raise on a truncated, corrupt or foreign file.
-_NPZ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError)
 # What prepare writes into a manifest and later stages read from it.
 _MANIFEST_KEYS = ("source", "classes", "num_classes", "image_shape", "counts", "sha256", "dataset_sha256")
 
@@ -237,11 +233,10 @@ def _load_npz(data_dir: Path, name: str, manifest: dict[str, Any]) -> Split:
             if missing:
                 raise _bad(path, f"no {' or '.join(repr(k) for k in missing)} array (it holds {sorted(z.files)})")
             images, labels = z["images"], z["labels"]
-    except _NPZ_ERRORS as exc:
-        if isinstance(exc, DataError):
-            raise
-        raise _bad(path, f"not a readable npz archive, truncated or corrupt ({type(exc).__name__}: "
-                         f"{one_line(exc)[:160]})") from exc
+    except DataError:
+        raise
+    except Exception as exc:  # damaged files raise anything: pipeline/data/errors.py
+        raise _bad(path, f"not a readable npz archive, truncated or corrupt ({described(exc)})") from exc
     try:
         split = Split(images, labels)
     except ValueError as exc:
@@ -262,8 +257,8 @@ def _open_shards(data_dir: Path, name: str, manifest: dict[str, Any]) -> Split:
     path = data_dir / entry["labels"]["file"]
     try:
         labels = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise DataError(f"{path}: unreadable labels ({one_line(exc)[:160]}); {REPREPARE}") from exc
+    except Exception as exc:  # damaged files raise anything: pipeline/data/errors.py
+        raise DataError(f"{path}: unreadable labels ({described(exc)}); {REPREPARE}") from exc
     try:
         return Split(ShardedImages.open(data_dir, entry), labels)
     except DataError:

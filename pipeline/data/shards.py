@@ -13,7 +13,7 @@ from typing import Any, overload
 
 import numpy as np
 
-from pipeline.data.errors import REPREPARE, DataError, one_line
+from pipeline.data.errors import REPREPARE, DataError, described
 from pipeline.errors import UserError
 
 SHARD_PATTERN = "shard-{:05d}.npy"
@@ -215,8 +215,8 @@ class ShardedImages:
                 raise FileNotFoundError(f"{path}: shard listed in the manifest is missing ({REPREPARE})")
             try:
                 shard = np.load(path, mmap_mode="r", allow_pickle=False)
-            except (OSError, ValueError, EOFError) as exc:
-                raise DataError(f"{path}: unreadable shard ({one_line(exc)[:160]}); {REPREPARE}") from exc
+            except Exception as exc:  # damaged files raise anything: pipeline/data/errors.py
+                raise DataError(f"{path}: unreadable shard ({described(exc)}); {REPREPARE}") from exc
             if shard.dtype != np.uint8 or shard.shape != (f["count"], *shape):
                 raise DataError(f"{path}: holds {shard.dtype} {shard.shape}, the manifest says uint8 "
                                 f"{(f['count'], *shape)}; {REPREPARE}")
