@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import numpy as np
@@ -53,3 +54,25 @@ def subprocess_env() -> dict[str, str]:
     """This process's environment for a child stage, minus what points at stores: MLflow exports the
     tracking and registry URIs an earlier test set (MLFLOW_*), which would send a child elsewhere."""
     return {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_") and k != "OPTUNA_STORAGE"}
+
+
+def damaged(rng: random.Random, data: bytes, *, truncate: bool, max_flips: int = 6, head: int = 0) -> bytes:
+    """A damaged copy of a file's bytes, drawn from ``rng``: the damage replays of the file readers.
+
+    Args:
+        rng: the seeded generator (the same seed, the same files).
+        data: the good file.
+        truncate: cut it at a random length; otherwise overwrite 1 to ``max_flips`` random bytes.
+        max_flips: the most bytes overwritten.
+        head: when set, each overwrite falls in the first ``head`` bytes half of the time (where a
+            format's header, and so its parser, is).
+
+    Returns:
+        The damaged bytes.
+    """
+    if truncate:
+        return data[: rng.randrange(len(data))]
+    out = bytearray(data)
+    for _ in range(rng.randint(1, max_flips)):
+        out[rng.randrange(min(len(out), head) if head and rng.random() < 0.5 else len(out))] = rng.randrange(256)
+    return bytes(out)

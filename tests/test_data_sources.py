@@ -23,6 +23,7 @@ from pipeline.data.format import manifest_for
 from pipeline.data.preprocess import InputSpec, fit_image
 from pipeline.data.sources import DataError, load_source
 from pipeline.data.splits import class_test_count, stratified_split
+from tests.conftest import damaged
 
 REPO = Path(__file__).resolve().parents[1]
 PY = REPO / ".venv" / "bin" / "python"
@@ -287,15 +288,9 @@ def test_cifar_seeded_damaged_archives_load_or_fail_in_one_line(tmp_path):
     members, _, _ = _cifar10_members(per_batch=2)
     rng, failed = random.Random(1130), 0
     for i in range(150):  # one member truncated or bit-flipped, by turns
-        damaged, name = dict(members), rng.choice(sorted(members))
-        data = bytearray(damaged[name])
-        if i % 2:
-            data = data[: rng.randrange(len(data))]
-        else:
-            for _ in range(rng.randint(1, 6)):
-                data[rng.randrange(len(data))] = rng.randrange(256)
-        damaged[name] = bytes(data)
-        archive = _write_tar(tmp_path / "cifar-10-python.tar.gz", damaged)
+        name = rng.choice(sorted(members))
+        archive = _write_tar(tmp_path / "cifar-10-python.tar.gz",
+                             {**members, name: damaged(rng, members[name], truncate=i % 2 == 1)})
         try:
             ds = load_source(PrepareConfig(source="cifar10", path=str(archive)), seed=0)
         except DataError as exc:

@@ -13,6 +13,7 @@ import pytest
 
 from pipeline.data.errors import DataError
 from pipeline.data.format import Dataset, Split, load_split, save_dataset
+from tests.conftest import damaged
 
 
 def _prepared(root: Path, shard_images: int | None) -> Path:
@@ -75,13 +76,7 @@ def test_seeded_damaged_prepared_files_load_or_fail_in_one_line(tmp_path, shard_
     rng, failed = random.Random(1130 + (shard_images or 0)), 0
     for i in range(160):
         path = rng.choice(files)
-        data = bytearray(originals[path])
-        if i % 2:
-            data = data[: rng.randrange(len(data))]
-        else:  # bytes of the header region by turns with anywhere: that is where the parsers are
-            for _ in range(rng.randint(1, 6)):
-                data[rng.randrange(min(len(data), 200) if rng.random() < 0.5 else len(data))] = rng.randrange(256)
-        path.write_bytes(bytes(data))
+        path.write_bytes(damaged(rng, originals[path], truncate=i % 2 == 1, head=200))
         try:
             split = load_split(root, "train")
             np.asarray(split.images[0:len(split)])  # a memory-mapped shard is read here

@@ -20,6 +20,7 @@ from pipeline.engine.checkpoint import CHECKPOINT, load_checkpoint
 from pipeline.errors import UserError
 from pipeline.models.encoder import Encoder, EncoderSpec, load_encoder, save_encoder
 from pipeline.torch_files import UnreadableTorchFile, load_torch_file
+from tests.conftest import damaged
 
 # Each file makes torch.load raise a kind of exception the loaders once let through as a traceback.
 CRAFTED = [
@@ -68,12 +69,7 @@ def _damaged(rng: random.Random, originals: list[bytes], i: int) -> bytes:
     """Garbage, a truncation or a few flipped bytes of one of ``originals``, by turns."""
     if i % 3 == 0:
         return rng.randbytes(rng.choice([16, 512, 4096]))
-    base = bytearray(rng.choice(originals))
-    if i % 3 == 1:
-        return bytes(base[: rng.randrange(len(base))])
-    for _ in range(rng.randint(1, 8)):
-        base[rng.randrange(len(base))] = rng.randrange(256)
-    return bytes(base)
+    return damaged(rng, rng.choice(originals), truncate=i % 3 == 1, max_flips=8)
 
 
 def test_seeded_damaged_checkpoints_are_set_aside_or_read_never_raised(tmp_path):

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from pipeline.data.preprocess import InputSpec
-from pipeline.errors import UserError, one_line
+from pipeline.errors import UserError, described
 from pipeline.io import atomic_path
 from pipeline.models.backbones import build_backbone
 from pipeline.models.heads import ProjectionHead
@@ -121,15 +121,16 @@ def load_encoder(path: str | Path, map_location: str | torch.device = "cpu") -> 
     try:
         payload = load_torch_file(path, map_location=map_location, weights_only=True)
     except UnreadableTorchFile as exc:
-        raise UserError(f"{path}: not a readable encoder file, truncated or corrupt ({exc}); {way_out}") from exc
+        raise UserError(f"{path}: not a readable encoder file, truncated or corrupt ({exc}); "
+                        f"{way_out}") from exc
     if not isinstance(payload, dict) or not {"spec", "state_dict"} <= payload.keys():
         raise UserError(f"{path}: not an encoder saved by this pipeline (no spec and state_dict); {way_out}")
     try:
         encoder = Encoder(EncoderSpec.from_dict(payload["spec"]))
         encoder.load_state_dict(payload["state_dict"])
     except _NOT_AN_ENCODER as exc:
-        raise UserError(f"{path}: its spec and weights do not make an encoder ({type(exc).__name__}: "
-                        f"{one_line(exc)[:160]}); {way_out}") from exc
+        raise UserError(f"{path}: its spec and weights do not make an encoder ({described(exc)}); "
+                        f"{way_out}") from exc
     encoder.eval()
     extra = payload.get("extra", {})
     return encoder, extra if isinstance(extra, dict) else {}
